@@ -1,0 +1,55 @@
+# lit_tuning: `make help` lists the targets. Every target sets up .venv first if needed.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# torch is installed before the project so that pip never picks a build on its own.
+# CPU (default): torch==$(TORCH_VERSION) from the machine's wheels or PyPI's index.
+# GPU: make install TORCH_INDEX=https://download.pytorch.org/whl/cu128
+# CPU machine with internet: make install TORCH_INDEX=https://download.pytorch.org/whl/cpu
+TORCH_VERSION ?= 2.13.0
+TORCH_INDEX ?=
+CONFIG ?= configs/base.yaml
+ARGS ?=
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help install fit base-model test test-slow test-all lint format clean-runs
+
+help: ## List the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
+
+install: $(VENV)/.installed ## Create .venv and install lit_tuning with its dev tools
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "torch==$(TORCH_VERSION)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $@
+
+fit: install ## Train one LoRA run: make fit [CONFIG=configs/base.yaml] [ARGS="--model.lora_r 8"]
+	$(BIN)/python -m lit_tuning fit --config $(CONFIG) $(ARGS)
+
+base-model: install ## Build (or find cached) the embedded offline base model
+	$(BIN)/python -c "from lit_tuning.base_model import resolve_model_path; print(resolve_model_path('embedded:tiny'))"
+
+test: install ## Everyday test suite (offline, a few minutes on 2 cores)
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+test-slow: install ## Heavier end-to-end tests (the default config, the real base model)
+	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
+
+test-all: install ## Both suites, as CI runs them
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: install ## ruff check and format check
+	$(BIN)/ruff check lit_tuning tests
+	$(BIN)/ruff format --check lit_tuning tests
+
+format: install ## Apply ruff's fixes and formatting
+	$(BIN)/ruff check --fix lit_tuning tests
+	$(BIN)/ruff format lit_tuning tests
+
+clean-runs: ## Delete run directories under results/tuning/runs
+	rm -rf results/tuning/runs

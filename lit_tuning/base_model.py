@@ -1,0 +1,262 @@
+"""Builds, caches and resolves the embedded offline base model: a tiny Llama that knows how to spell."""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import hashlib
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from lit_tuning.words import ALPHABET, load_words, zipf_frequency
+
+log = logging.getLogger(__name__)
+
+EMBEDDED_PREFIX = "embedded:"
+# Bump when the build code changes what a recipe produces, so cached models are rebuilt.
+BUILD_CODE_VERSION = 1
+SPECIAL_TOKENS = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>"}
+
+
+@dataclasses.dataclass(frozen=True)
+class BaseModelRecipe:
+    """Everything that determines an embedded base model; its hash names the cache entry."""
+
+    num_words: int = 2000  # words it learns to spell (wordfreq top-N, a-z, 3-8 letters)
+    min_word_length: int = 3
+    max_word_length: int = 8
+    vocab_size: int = 2048  # BPE vocabulary: frequent words become single tokens
+    hidden_size: int = 128
+    num_layers: int = 2
+    num_heads: int = 4
+    intermediate_size: int = 512
+    pretrain_steps: int = 1000  # full fine-tune steps on the indexed spelling corpus
+    batch_size: int = 64
+    learning_rate: float = 3e-3
+    seed: int = 0
+
+    def fingerprint(self) -> str:
+        """Return a short hash of the recipe and the build code version."""
+        payload = json.dumps({"recipe": dataclasses.asdict(self), "code": BUILD_CODE_VERSION}, sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+
+RECIPES: dict[str, BaseModelRecipe] = {
+    # The offline default: ~0.8M parameters, ~1-2 min to build on 2 CPU cores.
+    "tiny": BaseModelRecipe(),
+    # For unit tests: builds in seconds; spells its 300 words less reliably.
+    "micro": BaseModelRecipe(
+        num_words=300, vocab_size=512, hidden_size=64, intermediate_size=256, pretrain_steps=300, batch_size=32
+    ),
+}
+
+
+def cache_root() -> Path:
+    """Return the directory where built base models are cached ($LIT_TUNING_CACHE or ~/.cache/lit_tuning)."""
+    return Path(os.environ.get("LIT_TUNING_CACHE", Path.home() / ".cache" / "lit_tuning")).expanduser()
+
+
+def is_embedded(name_or_path: str) -> bool:
+    """Tell whether a model reference names an embedded base model (``embedded:<recipe>``)."""
+    return name_or_path.startswith(EMBEDDED_PREFIX)
+
+
+def looks_like_local_path(name_or_path: str) -> bool:
+    """Tell whether a model reference is meant as a filesystem path rather than a hub id."""
+    return name_or_path.startswith(("/", ".", "~")) or name_or_path.count("/") > 1 or os.path.exists(name_or_path)
+
+
+def check_model_reference(name_or_path: str) -> str | None:
+    """Return an error message if the model reference cannot be loaded, else None (no loading, no download)."""
+    if is_embedded(name_or_path):
+        recipe = name_or_path[len(EMBEDDED_PREFIX) :]
+        if recipe not in RECIPES:
+            return f"unknown embedded base model {name_or_path!r}; allowed: " + ", ".join(
+                EMBEDDED_PREFIX + name for name in RECIPES
+            )
+        return None
+    if looks_like_local_path(name_or_path):
+        path = Path(name_or_path).expanduser()
+        if not path.is_dir():
+            return f"model path {name_or_path!r} does not exist or is not a directory"
+        if not (path / "config.json").is_file():
+            return f"model path {name_or_path!r} has no config.json (expected a save_pretrained directory)"
+    return None
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """Turn a model reference into something ``from_pretrained`` accepts, building embedded models on first use."""
+    if not is_embedded(name_or_path):
+        return str(Path(name_or_path).expanduser()) if looks_like_local_path(name_or_path) else name_or_path
+    error = check_model_reference(name_or_path)
+    if error:
+        raise ValueError(error)
+    name = name_or_path[len(EMBEDDED_PREFIX) :]
+    return str(ensure_built(name, RECIPES[name]))
+
+
+def ensure_built(name: str, recipe: BaseModelRecipe, root: Path | None = None) -> Path:
+    """Return the cached directory of an embedded model, building it once (safe across processes)."""
+    root = root or cache_root()
+    target = root / "base_models" / f"{name}-{recipe.fingerprint()}"
+    if (target / "recipe.json").is_file():
+        return target
+    root.mkdir(parents=True, exist_ok=True)
+    with _exclusive_lock(root / f".{name}.lock"):
+        if (target / "recipe.json").is_file():  # another process built it while we waited
+            return target
+        log.warning("Building embedded base model %r into %s (once; cached afterwards)", name, target)
+        staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))
+        try:
+            build_base_model(recipe, staging)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            staging.rename(target)  # atomic: readers never see a half-built model
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+@contextmanager
+def _exclusive_lock(path: Path) -> Iterator[None]:
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def spelling_line(word: str) -> str:
+    """Return the pretraining text that spells a word with indexed letters: ' apple: 1 a 2 p 3 p 4 l 5 e'."""
+    return f" {word}: " + " ".join(f"{index} {letter}" for index, letter in enumerate(word, start=1))
+
+
+def train_tokenizer(words: tuple[str, ...], vocab_size: int) -> PreTrainedTokenizerFast:
+    """Train a byte-level BPE tokenizer in which frequent words are single tokens and every ' <letter>' is one."""
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(SPECIAL_TOKENS.values()),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+
+    def corpus() -> Iterator[str]:
+        # Repeat words by frequency so that, as in real LLM vocabularies, common words merge into one token.
+        for word in words:
+            for _ in range(max(1, round(2 ** (zipf_frequency(word) - 3)))):
+                yield f" {word}"
+        for _ in range(50):  # letters and position numbers, each with its leading space
+            yield " " + " ".join(ALPHABET)
+            yield " " + " ".join(str(i) for i in range(1, 21))
+        yield "What is letter 1 of the word? Answer:"
+
+    tokenizer.train_from_iterator(corpus(), trainer)
+    wrapped = PreTrainedTokenizerFast(tokenizer_object=tokenizer, **SPECIAL_TOKENS)
+    split_letters = [c for c in ALPHABET if len(wrapped.encode(" " + c, add_special_tokens=False)) != 1]
+    if split_letters:
+        raise RuntimeError(f"tokenizer splits the letters {split_letters}; raise vocab_size")
+    return wrapped
+
+
+def build_base_model(recipe: BaseModelRecipe, out_dir: Path) -> None:
+    """Train the tokenizer, pretrain a tiny Llama on the spelling corpus and save both with save_pretrained."""
+    started = time.perf_counter()
+    torch.manual_seed(recipe.seed)
+    rng = random.Random(recipe.seed)
+    words = load_words(recipe.num_words, recipe.min_word_length, recipe.max_word_length)
+    tokenizer = train_tokenizer(words, recipe.vocab_size)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=recipe.hidden_size,
+        intermediate_size=recipe.intermediate_size,
+        num_hidden_layers=recipe.num_layers,
+        num_attention_heads=recipe.num_heads,
+        num_key_value_heads=recipe.num_heads,
+        max_position_embeddings=128,
+        tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    model = LlamaForCausalLM(config)
+    lines = [tokenizer.encode(spelling_line(word), add_special_tokens=False) for word in words]
+    final_loss = _pretrain(model, lines, recipe, tokenizer.pad_token_id, rng)
+    letter_ids = {tokenizer.convert_tokens_to_ids(tokenizer.tokenize(" " + c))[0] for c in ALPHABET}
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    summary = {
+        "recipe": dataclasses.asdict(recipe),
+        "fingerprint": recipe.fingerprint(),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "single_token_words": sum(len(tokenizer.encode(" " + w, add_special_tokens=False)) == 1 for w in words),
+        "final_pretrain_loss": round(final_loss, 4),
+        "spelling_accuracy": round(_spelling_accuracy(model, lines, letter_ids), 4),
+        "build_seconds": round(time.perf_counter() - started, 1),
+    }
+    # Written last: its presence marks a complete build.
+    (out_dir / "recipe.json").write_text(json.dumps(summary, indent=2) + "\n")
+
+
+def _pretrain(
+    model: LlamaForCausalLM, lines: list[list[int]], recipe: BaseModelRecipe, pad_id: int, rng: random.Random
+) -> float:
+    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.learning_rate, weight_decay=0.0)
+    warmup = max(1, recipe.pretrain_steps // 20)
+
+    def schedule(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, recipe.pretrain_steps - warmup)
+        return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    model.train()
+    loss_value = float("nan")
+    for _ in range(recipe.pretrain_steps):
+        batch = rng.sample(lines, min(recipe.batch_size, len(lines)))
+        length = max(len(ids) for ids in batch)
+        input_ids = torch.full((len(batch), length), pad_id, dtype=torch.long)
+        attention_mask = torch.zeros_like(input_ids)
+        for row, ids in enumerate(batch):
+            input_ids[row, : len(ids)] = torch.tensor(ids)
+            attention_mask[row, : len(ids)] = 1
+        labels = input_ids.masked_fill(attention_mask == 0, -100)
+        loss = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        loss_value = loss.item()
+    model.eval()
+    return loss_value
+
+
+@torch.no_grad()
+def _spelling_accuracy(model: LlamaForCausalLM, lines: list[list[int]], letter_ids: set[int]) -> float:
+    """Fraction of letter tokens in the spelling corpus the model predicts exactly (teacher-forced)."""
+    correct = total = 0
+    for ids in lines:
+        logits = model(input_ids=torch.tensor([ids])).logits[0]
+        predicted = logits[:-1].argmax(-1).tolist()
+        for position, target in enumerate(ids[1:]):
+            if target in letter_ids:
+                correct += predicted[position] == target
+                total += 1
+    return correct / max(1, total)

@@ -1,0 +1,175 @@
+"""The LightningCLI of lit_tuning: one run directory per invocation, linked arguments, checks before any work."""
+
+from __future__ import annotations
+
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any, ClassVar, NoReturn
+
+import yaml
+from lightning.pytorch import Trainer
+from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
+from lightning.pytorch.loggers import CSVLogger
+
+from lit_tuning.base_model import check_model_reference
+from lit_tuning.data import SpellingDataModule
+from lit_tuning.module import LoRAModule
+
+DEFAULT_RUNS_ROOT = "results/tuning/runs"
+KEY_IN_ERROR = re.compile(r'Parser key "([^"]+)"|accept option \'([^\']+)\'|unrecognized arguments: --(\S+)')
+UNKNOWN_KEY = re.compile(r"accept option '([^']+)'|unrecognized arguments: --(\S+)")
+SAFE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
+
+
+class LitTuningParser(LightningArgumentParser):
+    """A LightningArgumentParser whose errors also say which config file (or the command line) set the bad key."""
+
+    argv: ClassVar[list[str]] = []  # the arguments of the current invocation, set by cli_main
+
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+        """Exit with the message plus where the offending key came from."""
+        super().error(message + describe_key_sources(message, self.argv) + self._allowed_keys_hint(message), ex)
+
+    def _allowed_keys_hint(self, message: str) -> str:
+        """For an unknown key, list the keys its section does accept."""
+        match = UNKNOWN_KEY.search(message)
+        if not match:
+            return ""
+        section, _, _ = (match.group(1) or match.group(2)).rpartition(".")
+        try:
+            defaults = self.get_defaults().as_dict()
+        except Exception:  # the hint is a courtesy; the error itself must still be reported
+            return ""
+        # The main parser nests each subcommand's keys under its name.
+        for root in (defaults, *(v for v in defaults.values() if isinstance(v, dict))):
+            node = root
+            for part in section.split(".") if section else []:
+                node = node.get(part) if isinstance(node, dict) else None
+            if isinstance(node, dict) and node:
+                return f"\n  allowed keys{' under ' + section if section else ''}: {', '.join(sorted(node))}"
+        return ""
+
+
+class LitTuningCLI(LightningCLI):
+    """LightningCLI for LoRA spelling fine-tunes; each invocation writes into its own run directory."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        """Add the run name and tie the data's tokenizer to the model."""
+        parser.add_argument(
+            "--run_name",
+            type=str | None,
+            default=None,
+            help="Name of the run directory under trainer.default_root_dir (default: <subcommand>-<timestamp>).",
+        )
+        parser.link_arguments("model.model_name_or_path", "data.model_name_or_path")
+        parser.set_defaults({"trainer.default_root_dir": DEFAULT_RUNS_ROOT})
+
+    def before_instantiate_classes(self) -> None:
+        """Refuse a model reference that cannot load or a run directory that exists, before anything is written."""
+        config = self.config[self.subcommand]
+        error = check_model_reference(config.model.model_name_or_path)
+        if error:
+            self.parser.error(f'Parser key "model.model_name_or_path": {error}')
+        if config.run_name is not None and not SAFE_NAME.fullmatch(config.run_name):
+            self.parser.error(
+                f'Parser key "run_name": {config.run_name!r} is not a safe directory name; '
+                "allowed: letters, digits, '.', '_' and '-', not starting with '.'"
+            )
+        self.run_dir = choose_run_dir(Path(config.trainer.default_root_dir), config.run_name, self.subcommand)
+        if config.run_name is not None and (self.run_dir / "config.yaml").exists():
+            self.parser.error(
+                f'Parser key "run_name": run directory {self.run_dir} already holds a run; choose another run_name'
+            )
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        """Point the trainer's root and its CSV metrics log at this invocation's run directory."""
+        trainer_config = self._get(self.config_init, "trainer", default={})
+        kwargs.setdefault("default_root_dir", str(self.run_dir))
+        if trainer_config.get("logger") in (None, True):
+            kwargs.setdefault("logger", CSVLogger(save_dir=str(self.run_dir), name="", version=""))
+        return super().instantiate_trainer(**kwargs)
+
+    def after_fit(self) -> None:
+        """Save the adapter and tokenizer beside the run's config and say how to evaluate it."""
+        if not self.trainer.is_global_zero:
+            return
+        adapter_dir = self.run_dir / "adapter"
+        self.model.save_adapter(adapter_dir)
+        if self.datamodule.tokenizer is not None:
+            self.datamodule.tokenizer.save_pretrained(adapter_dir)
+        print(f"\nRun saved in {self.run_dir}\n  adapter: {adapter_dir}")
+        checkpoint = self.trainer.checkpoint_callback
+        if checkpoint is not None and checkpoint.last_model_path:
+            config_path = self.run_dir / "config.yaml"
+            print(
+                f"  evaluate: python -m lit_tuning test --config {config_path} --ckpt_path {checkpoint.last_model_path}"
+            )
+
+
+def config_files(argv: list[str]) -> list[str]:
+    """Return the paths given to -c/--config in an argument list, in order."""
+    files = []
+    for index, arg in enumerate(argv):
+        if arg in ("-c", "--config") and index + 1 < len(argv):
+            files.append(argv[index + 1])
+        elif arg.startswith("--config="):
+            files.append(arg.split("=", 1)[1])
+    return files
+
+
+def describe_key_sources(message: str, argv: list[str]) -> str:
+    """Explain where the key named in a parser error message was set, and which config files are not valid YAML."""
+    lines = []
+    match = KEY_IN_ERROR.search(message)
+    key = match and next(group for group in match.groups() if group)
+    for path in config_files(argv):
+        try:
+            document = yaml.safe_load(Path(path).read_text())
+        except OSError:
+            continue  # the parser reports missing files itself
+        except yaml.YAMLError as error:
+            lines.append(f"config file {path} is not valid YAML: {error}".replace("\n", " "))
+            continue
+        if key and _has_dotted_key(document, key):
+            lines.append(f'"{key}" is set in config file {path}')
+    if key and any(arg == f"--{key}" or arg.startswith(f"--{key}=") for arg in argv):
+        lines.append(f'"{key}" is set on the command line')
+    return "".join(f"\n  {line}" for line in lines)
+
+
+def _has_dotted_key(document: object, key: str) -> bool:
+    for part in key.split("."):
+        if not isinstance(document, dict) or part not in document:
+            return False
+        document = document[part]
+    return True
+
+
+def choose_run_dir(root: Path, run_name: str | None, subcommand: str) -> Path:
+    """Return root/run_name, or a fresh root/<subcommand>-<timestamp>[-N] when no name is given."""
+    if run_name is not None:
+        return root / run_name
+    stem = f"{subcommand}-{time.strftime('%Y%m%d-%H%M%S')}"
+    candidate, suffix = root / stem, 1
+    while candidate.exists():
+        suffix += 1
+        candidate = root / f"{stem}-{suffix}"
+    return candidate
+
+
+def cli_main(args: ArgsType = None, run: bool = True) -> LitTuningCLI:
+    """Run the lit_tuning CLI on sys.argv or on the given args (a list or dict), the same path the sweep uses."""
+    LitTuningParser.argv = [str(arg) for arg in args] if isinstance(args, list) else sys.argv[1:]
+    return LitTuningCLI(
+        LoRAModule,
+        SpellingDataModule,
+        seed_everything_default=42,
+        save_config_kwargs={"overwrite": False},
+        auto_configure_optimizers=False,
+        parser_kwargs={"parser_mode": "yaml"},
+        parser_class=LitTuningParser,
+        args=args,
+        run=run,
+    )

@@ -1,0 +1,189 @@
+"""SpellingDataModule: "What is letter i of W?" -> " x" examples from a word list, split by word."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+from jsonargparse.typing import ClosedUnitInterval, NonNegativeInt, PositiveInt
+from torch.utils.data import DataLoader, Dataset
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+from lit_tuning.base_model import resolve_model_path
+from lit_tuning.metrics import best_constant_per_position_accuracy, chance_accuracy
+from lit_tuning.words import ALPHABET, load_words
+
+DEFAULT_PROMPT = "What is letter {position} of {word}? Answer:"
+
+
+@dataclasses.dataclass(frozen=True)
+class WordSplit:
+    """Disjoint train/val/test word lists."""
+
+    train: tuple[str, ...]
+    val: tuple[str, ...]
+    test: tuple[str, ...]
+
+
+def split_words(words: tuple[str, ...], val_fraction: float, test_fraction: float, seed: int) -> WordSplit:
+    """Shuffle words with a seed and cut them into disjoint train/val/test lists."""
+    if val_fraction + test_fraction >= 1:
+        raise ValueError(f"val_fraction + test_fraction must be < 1, got {val_fraction} + {test_fraction}")
+    shuffled = sorted(set(words))
+    random.Random(seed).shuffle(shuffled)
+    n_val, n_test = round(len(shuffled) * val_fraction), round(len(shuffled) * test_fraction)
+    if n_val == 0 or n_test == 0 or n_val + n_test >= len(shuffled):
+        raise ValueError(f"{len(shuffled)} words are too few for val_fraction={val_fraction}, test={test_fraction}")
+    return WordSplit(
+        train=tuple(shuffled[n_val + n_test :]),
+        val=tuple(shuffled[:n_val]),
+        test=tuple(shuffled[n_val : n_val + n_test]),
+    )
+
+
+class SpellingDataset(Dataset):
+    """Every (word, letter position) pair of a word list, tokenized as prompt ids plus one answer id."""
+
+    def __init__(self, words: tuple[str, ...], tokenizer: PreTrainedTokenizerBase, prompt: str) -> None:
+        self.examples: list[tuple[list[int], int]] = []
+        letter_ids = letter_token_ids(tokenizer)
+        for word in words:
+            for position, letter in enumerate(word, start=1):
+                prompt_ids = tokenizer.encode(prompt.format(position=position, word=word))
+                self.examples.append((prompt_ids, letter_ids[letter]))
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, index: int) -> tuple[list[int], int]:
+        return self.examples[index]
+
+
+def letter_token_ids(tokenizer: PreTrainedTokenizerBase) -> dict[str, int]:
+    """Map each letter to the id of its answer token ' <letter>', which must be a single token."""
+    ids: dict[str, int] = {}
+    for letter in ALPHABET:
+        pieces = tokenizer.encode(" " + letter, add_special_tokens=False)
+        if len(pieces) != 1:
+            raise ValueError(f"tokenizer splits the answer ' {letter}' into {len(pieces)} tokens; it must be one")
+        ids[letter] = pieces[0]
+    return ids
+
+
+class PadCollator:
+    """Right-pads prompts into a batch and records where each prompt ends."""
+
+    def __init__(self, pad_id: int) -> None:
+        self.pad_id = pad_id
+
+    def __call__(self, examples: list[tuple[list[int], int]]) -> dict[str, torch.Tensor]:
+        length = max(len(ids) for ids, _ in examples)
+        input_ids = torch.full((len(examples), length), self.pad_id, dtype=torch.long)
+        attention_mask = torch.zeros_like(input_ids)
+        for row, (ids, _) in enumerate(examples):
+            input_ids[row, : len(ids)] = torch.tensor(ids)
+            attention_mask[row, : len(ids)] = 1
+        return {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "last_index": attention_mask.sum(dim=1) - 1,  # the answer is predicted from the prompt's last token
+            "answer_ids": torch.tensor([answer for _, answer in examples]),
+        }
+
+
+class SpellingDataModule(pl.LightningDataModule):
+    """Letter-position questions on wordfreq words, split train/val/test by word so evaluation words are unseen."""
+
+    def __init__(
+        self,
+        model_name_or_path: str = "embedded:tiny",
+        num_words: PositiveInt = 2000,
+        min_word_length: PositiveInt = 3,
+        max_word_length: PositiveInt = 8,
+        val_fraction: ClosedUnitInterval = 0.1,
+        test_fraction: ClosedUnitInterval = 0.1,
+        split_seed: int = 0,
+        batch_size: PositiveInt = 64,
+        eval_batch_size: PositiveInt = 256,
+        num_workers: NonNegativeInt = 0,
+        prompt: str = DEFAULT_PROMPT,
+    ) -> None:
+        """Build the data for a spelling fine-tune.
+
+        Args:
+            model_name_or_path: the model whose tokenizer encodes prompts (linked from model.model_name_or_path).
+            num_words: how many of the most frequent English a-z words to use.
+            min_word_length: shortest word, in letters.
+            max_word_length: longest word, in letters.
+            val_fraction: share of words held out for validation.
+            test_fraction: share of words held out for testing.
+            split_seed: seed of the word shuffle that makes the split.
+            batch_size: questions per training batch.
+            eval_batch_size: questions per validation/test batch.
+            num_workers: DataLoader worker processes.
+            prompt: question template with {position} (1-based) and {word}.
+        """
+        super().__init__()
+        if "{position}" not in prompt or "{word}" not in prompt:
+            raise ValueError(f"data.prompt must contain {{position}} and {{word}}, got {prompt!r}")
+        self.save_hyperparameters()
+        self.split = split_words(
+            load_words(num_words, min_word_length, max_word_length), val_fraction, test_fraction, split_seed
+        )
+        self.tokenizer: PreTrainedTokenizerBase | None = None
+        self.datasets: dict[str, SpellingDataset] = {}
+
+    def setup(self, stage: str) -> None:
+        """Load the tokenizer, tokenize the splits the stage needs and record the split in the run directory."""
+        if self.tokenizer is None:
+            self.tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(self.hparams.model_name_or_path))
+        needed = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}[stage]
+        for name in needed:
+            if name not in self.datasets:
+                self.datasets[name] = SpellingDataset(getattr(self.split, name), self.tokenizer, self.hparams.prompt)
+        if stage == "fit" and self.trainer is not None and self.trainer.log_dir and self.trainer.is_global_zero:
+            self.save_split(Path(self.trainer.log_dir) / "data_split.json")
+
+    def baselines(self, eval_split: str = "val") -> dict[str, float]:
+        """Return the reference accuracies every result should be read against."""
+        return {
+            "baseline/chance": chance_accuracy(),
+            "baseline/best_constant_per_position": best_constant_per_position_accuracy(
+                self.split.train, getattr(self.split, eval_split)
+            ),
+        }
+
+    def save_split(self, path: Path) -> None:
+        """Write the word split and how it was made to a JSON file."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        record = {"seed": self.hparams.split_seed, **dataclasses.asdict(self.split)}
+        path.write_text(json.dumps(record, indent=1) + "\n")
+
+    def _loader(self, name: str, batch_size: int, shuffle: bool) -> DataLoader:
+        assert self.tokenizer is not None, "setup() must run before the dataloaders"
+        pad_id = self.tokenizer.pad_token_id
+        pad_id = pad_id if pad_id is not None else self.tokenizer.eos_token_id
+        return DataLoader(
+            self.datasets[name],
+            batch_size=batch_size,
+            shuffle=shuffle,
+            num_workers=self.hparams.num_workers,
+            collate_fn=PadCollator(pad_id if pad_id is not None else 0),
+            persistent_workers=self.hparams.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled training questions."""
+        return self._loader("train", self.hparams.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        """Validation questions, in order."""
+        return self._loader("val", self.hparams.eval_batch_size, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        """Test questions, in order."""
+        return self._loader("test", self.hparams.eval_batch_size, shuffle=False)
