@@ -38,12 +38,13 @@ class LitTuningParser(LightningArgumentParser):
         if not match:
             return ""
         section, _, _ = (match.group(1) or match.group(2)).rpartition(".")
+        # The main parser reports unknown keys of a subcommand: look in the subcommands' parsers too.
+        subcommands = getattr(getattr(self, "_subcommands_action", None), "_name_parser_map", {})
         try:
-            defaults = self.get_defaults().as_dict()
+            roots = [parser.get_defaults().as_dict() for parser in (self, *subcommands.values())]
         except Exception:  # the hint is a courtesy; the error itself must still be reported
             return ""
-        # The main parser nests each subcommand's keys under its name.
-        for root in (defaults, *(v for v in defaults.values() if isinstance(v, dict))):
+        for root in roots:
             node = root
             for part in section.split(".") if section else []:
                 node = node.get(part) if isinstance(node, dict) else None

@@ -89,3 +89,15 @@ def best_constant_per_position_accuracy(train_words: Sequence[str], eval_words: 
             correct += bool(counts) and counts.most_common(1)[0][0] == letter
             total += 1
     return correct / max(1, total)
+
+
+def markdown_table() -> str:
+    """Return the registry as a Markdown table (the docs embed it; a test keeps them in sync)."""
+    rows = ["| metric | direction | unit | meaning |", "|---|---|---|---|"]
+    for metric in METRICS.values():
+        rows.append(f"| `{metric.name}` | {metric.direction or '-'} | {metric.unit or '-'} | {metric.meaning} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(markdown_table())

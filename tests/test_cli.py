@@ -112,6 +112,17 @@ def test_a_bad_value_in_a_config_file_names_the_file(tmp_path, capsys):
     assert not (tmp_path / "runs").exists()
 
 
+def test_an_unknown_key_in_a_config_file_names_the_file_and_the_allowed_keys(tmp_path, capsys):
+    bad = tmp_path / "typo.yaml"
+    bad.write_text("model:\n  lora_rank: 8\n")
+    with pytest.raises(SystemExit):
+        cli_main(["fit", *micro_args(tmp_path / "runs", "--config", str(bad))])
+    message = capsys.readouterr().err
+    assert "model.lora_rank" in message and f"set in config file {bad}" in message
+    assert "allowed keys under model:" in message and "lora_r," in message
+    assert not (tmp_path / "runs").exists()
+
+
 def test_the_command_line_exits_non_zero_on_bad_input(tmp_path):
     result = run_cli("fit", *micro_args(tmp_path / "runs", "--model.lora_r", "0"))
     assert result.returncode == 2

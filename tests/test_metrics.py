@@ -48,3 +48,11 @@ def test_best_constant_per_position_uses_the_training_majority_letter():
     assert best_constant_per_position_accuracy(train, ["cab", "dog", "at"]) == pytest.approx(2 / 8)
     # a position never seen in training counts as wrong
     assert best_constant_per_position_accuracy(["ab"], ["abc"]) == pytest.approx(2 / 3)
+
+
+def test_the_docs_table_matches_the_registry():
+    from conftest import ROOT
+
+    from lit_tuning.metrics import markdown_table
+
+    assert markdown_table() in (ROOT / "docs/training.md").read_text()
