@@ -12,9 +12,13 @@ TORCH_INDEX ?=
 CONFIG ?= configs/base.yaml
 ARGS ?=
 PYTEST_ARGS ?=
+MLFLOW_PORT ?= 5000
+MLFLOW_STORE ?= sqlite:///$(CURDIR)/results/tuning/mlflow.db
+WANDB_DIR_RUNS ?= results/tuning/wandb
+WANDB_SYNC_FLAGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install fit base-model test test-slow test-all lint format clean-runs
+.PHONY: help install fit base-model test test-slow test-all lint format clean-runs mlflow-ui wandb-sync bench bench-tracking
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
@@ -50,6 +54,19 @@ lint: install ## ruff check and format check
 format: install ## Apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix lit_tuning tests
 	$(BIN)/ruff format lit_tuning tests
+
+mlflow-ui: install ## Browse every run: MLflow UI on http://127.0.0.1:$(MLFLOW_PORT) [MLFLOW_PORT=5000]
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow ui --host 127.0.0.1 --port $(MLFLOW_PORT) \
+		--workers 1 --backend-store-uri $(MLFLOW_STORE)
+
+wandb-sync: install ## Upload offline W&B runs (needs `wandb login` or WANDB_API_KEY)
+	@ls -d $(WANDB_DIR_RUNS)/offline-run-* >/dev/null 2>&1 || { echo "no offline W&B runs in $(WANDB_DIR_RUNS)"; exit 0; }
+	$(BIN)/wandb sync --skip-synced $(WANDB_SYNC_FLAGS) $(WANDB_DIR_RUNS)/offline-run-*
+
+bench: bench-tracking ## All benchmarks (figures under results/tuning/bench)
+
+bench-tracking: install ## Step-time cost of MLflow / W&B logging on the default fit
+	$(BIN)/python -m lit_tuning.bench_tracking
 
 clean-runs: ## Delete run directories under results/tuning/runs
 	rm -rf results/tuning/runs

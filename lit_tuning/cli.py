@@ -9,13 +9,14 @@ from pathlib import Path
 from typing import Any, ClassVar, NoReturn
 
 import yaml
-from lightning.pytorch import Trainer
+from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger
 
 from lit_tuning.base_model import check_model_reference
 from lit_tuning.data import SpellingDataModule
 from lit_tuning.module import LoRAModule
+from lit_tuning.tracking import TrackingCallback, TrackingSettings, build_trackers
 
 DEFAULT_RUNS_ROOT = "results/tuning/runs"
 KEY_IN_ERROR = re.compile(r'Parser key "([^"]+)"|accept option \'([^\']+)\'|unrecognized arguments: --(\S+)')
@@ -64,6 +65,7 @@ class LitTuningCLI(LightningCLI):
             default=None,
             help="Name of the run directory under trainer.default_root_dir (default: <subcommand>-<timestamp>).",
         )
+        parser.add_class_arguments(TrackingSettings, "tracking")
         parser.link_arguments("model.model_name_or_path", "data.model_name_or_path")
         parser.set_defaults({"trainer.default_root_dir": DEFAULT_RUNS_ROOT})
 
@@ -85,28 +87,51 @@ class LitTuningCLI(LightningCLI):
             )
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
-        """Point the trainer's root and its CSV metrics log at this invocation's run directory."""
+        """Point the trainer at this invocation's run directory and attach the CSV, MLflow and W&B loggers."""
         trainer_config = self._get(self.config_init, "trainer", default={})
         kwargs.setdefault("default_root_dir", str(self.run_dir))
+        settings: TrackingSettings = self._get(self.config_init, "tracking")
         if trainer_config.get("logger") in (None, True):
-            kwargs.setdefault("logger", CSVLogger(save_dir=str(self.run_dir), name="", version=""))
+            resolved = yaml.safe_load(self._parser(self.subcommand).dump(self.config[self.subcommand], skip_none=False))
+            resolved.pop("config", None)
+            trackers = build_trackers(
+                settings,
+                run_dir=self.run_dir,
+                job_type=self.subcommand,
+                config=resolved,
+                accelerator=str(trainer_config.get("accelerator", "auto")),
+            )
+            kwargs.setdefault("logger", [CSVLogger(save_dir=str(self.run_dir), name="", version=""), *trackers])
+        self.trainer_defaults["callbacks"] = [AdapterExport(self.run_dir), TrackingCallback(self.run_dir, settings)]
         return super().instantiate_trainer(**kwargs)
 
     def after_fit(self) -> None:
-        """Save the adapter and tokenizer beside the run's config and say how to evaluate it."""
+        """Say where the run went and how to evaluate it."""
         if not self.trainer.is_global_zero:
             return
-        adapter_dir = self.run_dir / "adapter"
-        self.model.save_adapter(adapter_dir)
-        if self.datamodule.tokenizer is not None:
-            self.datamodule.tokenizer.save_pretrained(adapter_dir)
-        print(f"\nRun saved in {self.run_dir}\n  adapter: {adapter_dir}")
+        print(f"\nRun saved in {self.run_dir}\n  adapter: {self.run_dir / 'adapter'}")
         checkpoint = self.trainer.checkpoint_callback
         if checkpoint is not None and checkpoint.last_model_path:
             config_path = self.run_dir / "config.yaml"
-            print(
-                f"  evaluate: python -m lit_tuning test --config {config_path} --ckpt_path {checkpoint.last_model_path}"
-            )
+            evaluate = f"python -m lit_tuning test --config {config_path} --ckpt_path {checkpoint.last_model_path}"
+            print(f"  evaluate: {evaluate}")
+
+
+class AdapterExport(Callback):
+    """Saves the PEFT adapter and the tokenizer into <run_dir>/adapter when fitting ends."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Write adapter/ with save_pretrained (rank zero only)."""
+        if not trainer.is_global_zero:
+            return
+        adapter_dir = self.run_dir / "adapter"
+        pl_module.save_adapter(adapter_dir)
+        tokenizer = getattr(trainer.datamodule, "tokenizer", None)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(adapter_dir)
 
 
 def config_files(argv: list[str]) -> list[str]:

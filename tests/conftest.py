@@ -49,12 +49,13 @@ def micro_args(runs_root: Path, *extra: str) -> list[str]:
         "--trainer.enable_progress_bar", "false",
         "--trainer.enable_model_summary", "false",
         "--trainer.default_root_dir", str(runs_root),
+        "--tracking.root", str(runs_root.parent / "tracking"),
         *extra,
     ]  # fmt: skip
 
 
-def run_cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+def run_cli(*args: str, cwd: Path = ROOT, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """Run `python -m lit_tuning ARGS` in a subprocess, as a user would, and capture its output."""
     return subprocess.run(
-        [sys.executable, "-m", "lit_tuning", *args], cwd=cwd, capture_output=True, text=True, timeout=900
+        [sys.executable, "-m", "lit_tuning", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=900
     )

@@ -1,0 +1,34 @@
+"""`python -m lit_tuning.tracking verify`: list every run's MLflow and W&B records; exit 1 on any mismatch."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from lit_tuning.metrics import PRIMARY_METRIC
+from lit_tuning.tracking.verify import check_run, find_runs, format_table
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the verify command; return the exit status."""
+    parser = argparse.ArgumentParser(prog="python -m lit_tuning.tracking", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    verify = commands.add_parser("verify", help="check that MLflow and W&B agree with each run's own metrics")
+    verify.add_argument("--runs-root", type=Path, default=Path("results/tuning/runs"), help="where run dirs are")
+    verify.add_argument("--study", default=None, help="only the trials of this study")
+    verify.add_argument("--metric", default=PRIMARY_METRIC, help="the final metric to compare")
+    args = parser.parse_args(argv)
+    runs = find_runs(args.runs_root, args.study)
+    if not runs:
+        print(f"no tracked runs under {args.runs_root}" + (f" for study {args.study!r}" if args.study else ""))
+        return 1
+    checks = [check_run(run, args.metric) for run in runs]
+    print(format_table(checks))
+    failed = [c for c in checks if c.problems]
+    print(f"\n{len(checks)} runs checked, {len(failed)} with problems")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,231 @@
+"""Dual tracking against the real things: the MLflow store, W&B offline run files, statuses, verify, secrets."""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import requests
+from conftest import ROOT, micro_args, run_cli
+from mlflow import MlflowClient
+
+from lit_tuning.metrics import PRIMARY_METRIC
+from lit_tuning.tracking import TrackingSettings, WandbTracker
+from lit_tuning.tracking.__main__ import main as tracking_main
+from lit_tuning.tracking.wandb_reader import read_wandb_run
+
+FAKE_SECRETS = {
+    "WANDB_API_KEY": "fake0123456789secretkey0123456789abcdef",
+    "SERVICE_TOKEN": "tok-SECRET-4242-do-not-log",
+}
+ARTIFACTS = ROOT / "tests" / "artifacts"  # screenshots kept for a person to look at (git-ignored)
+ENDINGS = {
+    "done": [],
+    "pruned": ["--trainer.callbacks+=callbacks.EndRunAtStep", "--trainer.callbacks.step=15",
+               "--trainer.callbacks.how=pruned"],
+    "crash": ["--trainer.callbacks+=callbacks.EndRunAtStep", "--trainer.callbacks.step=15",
+              "--trainer.callbacks.how=crash"],
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tracked(tmp_path_factory: pytest.TempPathFactory, micro_model_dir: Path) -> dict:
+    """Three micro runs into one store, ending completed, pruned and crashed, with fake secrets in the env."""
+    root = tmp_path_factory.mktemp("tracked")
+    env = {**os.environ, **FAKE_SECRETS, "PYTHONPATH": str(Path(__file__).parent)}
+    env.pop("WANDB_MODE", None)
+    results = {}
+    for name, extra in ENDINGS.items():
+        results[name] = run_cli("fit", *micro_args(root / "runs", "--run_name", name, *extra), env=env)
+    records = {name: json.loads((root / "runs" / name / "tracking.json").read_text()) for name in ENDINGS}
+    client = MlflowClient(records["done"]["mlflow"]["tracking_uri"])
+    return {"root": root, "results": results, "records": records, "client": client}
+
+
+def mlflow_run(tracked: dict, name: str):
+    return tracked["client"].get_run(tracked["records"][name]["mlflow"]["run_id"])
+
+
+def wandb_run(tracked: dict, name: str):
+    return read_wandb_run(Path(tracked["records"][name]["wandb"]["run_file"]))
+
+
+def test_exit_codes_follow_the_outcome(tracked):
+    assert tracked["results"]["done"].returncode == 0
+    assert tracked["results"]["crash"].returncode != 0
+    assert "simulated crash" in tracked["results"]["crash"].stderr
+
+
+def test_mlflow_holds_the_completed_run(tracked):
+    run = mlflow_run(tracked, "done")
+    assert (run.info.status, run.info.run_name) == ("FINISHED", "done")
+    assert run.data.tags["lit_tuning.state"] == "completed"
+    assert {"git_commit", "host", "device", "lit_tuning.run_dir"} <= set(run.data.tags)
+    params = run.data.params
+    assert params["model.lora_r"] == "16" and params["model.model_name_or_path"] == "embedded:micro"
+    assert params["data.prompt"] == "What is letter {position} of {word}? Answer:"
+    assert len(params) > 50  # the whole resolved config, not the module's subset
+    csv = pd.read_csv(tracked["root"] / "runs" / "done" / "metrics.csv")
+    client, run_id = tracked["client"], run.info.run_id
+    for metric in ("train/loss", PRIMARY_METRIC):
+        history = client.get_metric_history(run_id, metric)
+        logged = csv[["step", metric]].dropna()
+        assert [m.step for m in history] == logged["step"].tolist()  # every point stored
+        assert [m.value for m in history] == pytest.approx(logged[metric].tolist())
+    artifacts = {a.path for a in client.list_artifacts(run_id)} | {
+        a.path for a in client.list_artifacts(run_id, "adapter")
+    }
+    assert {"config.yaml", "data_split.json", "adapter/adapter_model.safetensors"} <= artifacts
+
+
+def test_wandb_holds_the_same_run(tracked):
+    record = wandb_run(tracked, "done")
+    assert (record.name, record.job_type, record.exit_code) == ("done", "fit", 0)
+    assert record.config["model"]["lora_r"] == 16
+    assert record.summary["lit_tuning.state"] == "completed"
+    assert any(tag.startswith("git_commit=") for tag in record.tags)
+    mlflow_history = tracked["client"].get_metric_history(mlflow_run(tracked, "done").info.run_id, PRIMARY_METRIC)
+    wandb_history = [row[PRIMARY_METRIC] for row in record.history if PRIMARY_METRIC in row]
+    assert wandb_history == pytest.approx([m.value for m in mlflow_history])
+
+
+def test_a_pruned_run_is_killed_not_failed(tracked):
+    run = mlflow_run(tracked, "pruned")
+    assert run.info.status == "KILLED"
+    assert run.data.tags["lit_tuning.state"] == "pruned"
+    record = wandb_run(tracked, "pruned")
+    assert record.summary["lit_tuning.state"] == "pruned" and record.exit_code == 0
+
+
+def test_a_crash_is_failed_with_its_reason(tracked):
+    run = mlflow_run(tracked, "crash")
+    assert run.info.status == "FAILED"
+    assert "RuntimeError: simulated crash at step 15" in run.data.tags["lit_tuning.error"]
+    record = wandb_run(tracked, "crash")
+    assert record.exit_code == 1
+    assert "simulated crash" in record.summary["lit_tuning.error"]
+
+
+def test_no_secret_reaches_any_written_file(tracked):
+    leaks = []
+    for path in tracked["root"].rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            leaks += [f"{path}: {key}" for key, value in FAKE_SECRETS.items() if value.encode() in data]
+    assert not leaks
+
+
+def test_verify_agrees_then_catches_a_deleted_run(tracked, capsys):
+    runs_root = str(tracked["root"] / "runs")
+    assert tracking_main(["verify", "--runs-root", runs_root]) == 0
+    table = capsys.readouterr().out
+    assert "3 runs checked, 0 with problems" in table
+    run_id = tracked["records"]["done"]["mlflow"]["run_id"]
+    tracked["client"].delete_run(run_id)
+    try:
+        assert tracking_main(["verify", "--runs-root", runs_root]) == 1
+        assert f"MLflow run {run_id} is deleted" in capsys.readouterr().out
+    finally:
+        tracked["client"].restore_run(run_id)
+
+
+def test_offline_wandb_does_not_change_the_process_environment(tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    settings = TrackingSettings(root=str(tmp_path))
+    tracker = WandbTracker(
+        mode=settings.resolved_wandb_mode(), project="p", entity=None, save_dir=settings.wandb_dir(),
+        run_name="env-check", group=None, job_type="fit", tags={}, config={},
+    )  # fmt: skip
+    tracker.log_metrics({"x": 1.0}, step=0)
+    tracker.finalize("success")
+    assert "WANDB_MODE" not in os.environ
+    assert read_wandb_run(tracker.run_file()).exit_code == 0
+
+
+@pytest.mark.parametrize(
+    ("env", "explicit", "expected"),
+    [({}, None, "offline"), ({"WANDB_MODE": "dryrun"}, None, "offline"), ({"WANDB_MODE": "disabled"}, None,
+     "disabled"), ({"WANDB_MODE": "disabled"}, "online", "online")],
+)  # fmt: skip
+def test_wandb_mode_comes_from_config_then_environment(env, explicit, expected, monkeypatch):
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert TrackingSettings(wandb_mode=explicit).resolved_wandb_mode() == expected
+
+
+def test_a_bad_wandb_mode_in_the_environment_is_named(monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "sideways")
+    with pytest.raises(ValueError, match="WANDB_MODE is 'sideways'; allowed: offline, online, disabled"):
+        TrackingSettings().resolved_wandb_mode()
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tracked: dict) -> str:
+    """A real `mlflow server` on 127.0.0.1 over the tracked runs' store; yields its URL, then stops it."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [
+        str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1", "--port", str(port),
+        "--workers", "1", "--backend-store-uri", tracked["records"]["done"]["mlflow"]["tracking_uri"],
+    ]  # fmt: skip
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    server = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            assert server.poll() is None, "mlflow server exited during start-up"
+            try:
+                if requests.get(f"{url}/health", timeout=2).ok:
+                    break
+            except requests.ConnectionError:
+                time.sleep(0.5)
+        else:
+            pytest.fail("mlflow server did not answer /health within 180 s")
+        yield url
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_the_server_serves_every_run_over_rest(tracked, mlflow_server):
+    experiment_id = tracked["records"]["done"]["mlflow"]["experiment_id"]
+    response = requests.post(
+        f"{mlflow_server}/api/2.0/mlflow/runs/search", json={"experiment_ids": [experiment_id]}, timeout=30
+    )
+    response.raise_for_status()
+    statuses = {run["info"]["run_name"]: run["info"]["status"] for run in response.json()["runs"]}
+    assert statuses == {"done": "FINISHED", "pruned": "KILLED", "crash": "FAILED"}
+
+
+def test_the_mlflow_ui_lists_the_runs_in_a_real_browser(tracked, mlflow_server, tmp_path):
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert chromium, "headless Chromium is required: apt-get install chromium (.ci/run installs it)"
+    page = f"{mlflow_server}/#/experiments/{tracked['records']['done']['mlflow']['experiment_id']}/runs"
+    flags = [
+        "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        "--virtual-time-budget=20000", "--window-size=1400,900",
+    ]  # fmt: skip
+    dom = subprocess.run(
+        [chromium, *flags, f"--user-data-dir={tmp_path / 'dom'}", "--dump-dom", page],
+        capture_output=True, text=True, timeout=120,
+    ).stdout  # fmt: skip
+    assert "Training runs" in dom
+    for name in ENDINGS:
+        assert f">{name}<" in dom, f"run {name} is not listed in the MLflow UI"
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    screenshot = ARTIFACTS / "mlflow_ui_runs.png"
+    subprocess.run(
+        [chromium, *flags, f"--user-data-dir={tmp_path / 'shot'}", f"--screenshot={screenshot}", page],
+        capture_output=True, timeout=120, check=True,
+    )  # fmt: skip
+    assert screenshot.stat().st_size > 10_000
