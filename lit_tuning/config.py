@@ -87,8 +87,22 @@ def fit_parser() -> LitTuningParser:
 
 def format_value(value: Any) -> str:
     """Format a value for a `--key=value` argument the way the CLI's YAML parser reads it back (1e-4 stays a float)."""
-    text = yaml.safe_dump(value, default_flow_style=True, width=1_000_000).strip()
+    text = yaml.safe_dump(plain(value), default_flow_style=True, width=1_000_000).strip()
     return text.removesuffix("\n...").removesuffix("...").strip()
+
+
+def plain(value: Any) -> Any:
+    """Turn parser-typed values (jsonargparse's PositiveInt is an int subclass) into plain Python data."""
+    if isinstance(value, bool) or value is None:
+        return value
+    for base_type in (int, float, str):
+        if isinstance(value, base_type):
+            return base_type(value)
+    if isinstance(value, list | tuple):
+        return [plain(item) for item in value]
+    if isinstance(value, dict):
+        return {key: plain(item) for key, item in value.items()}
+    return value
 
 
 def override_arg(key: str, value: Any) -> str:
