@@ -107,12 +107,12 @@ def make_pruner(space: SearchSpace) -> optuna.pruners.BasePruner:
     return PRUNERS[space.pruner](**space.pruner_options)
 
 
-def trial_config(space: SearchSpace, overrides: dict[str, Any]) -> ResolvedConfig:
+def trial_config(space: SearchSpace, overrides: dict[str, Any], *, any_key: bool = False) -> ResolvedConfig:
     """Compose and validate the concrete config of one trial (base experiment + its overrides), as `fit` would."""
     for key, value in overrides.items():
-        if key not in space.parameters:
+        if not any_key and key not in space.parameters:
             raise SearchSpaceError(
-                f"{space.path}: trial sets {key} = {value!r}; allowed keys: {list(space.parameters)}"
+                f"{space.path}: trial sets {key} = {value!r}; allowed keys: {', '.join(space.parameters)}"
             )
     try:
         return compose(space.base.with_overrides(overrides))
