@@ -124,11 +124,16 @@ def compose(experiment: Experiment) -> ResolvedConfig:
     for path in experiment.files:
         if not Path(path).is_file():
             raise ConfigError(f"config file {path} does not exist; allowed: an existing YAML or JSON file")
-    namespace = parse_args(experiment.cli_args())
+    namespace = check_model(parse_args(experiment.cli_args()))
+    return ResolvedConfig(experiment, namespace, value_sources(experiment, namespace))
+
+
+def check_model(namespace: Namespace) -> Namespace:
+    """Apply fit's own check of the model reference (before_instantiate_classes does the same); return the config."""
     error = check_model_reference(namespace.model.model_name_or_path)
     if error:
-        raise ConfigError(f'Parser key "model.model_name_or_path": {error}')
-    return ResolvedConfig(experiment, namespace, value_sources(experiment, namespace))
+        raise ConfigError(f'Parser key "model.model_name_or_path":\n  {error}')
+    return namespace
 
 
 def value_sources(experiment: Experiment, namespace: Namespace) -> dict[str, str]:

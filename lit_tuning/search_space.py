@@ -15,7 +15,16 @@ import optuna
 import yaml
 from jsonargparse import Namespace
 
-from lit_tuning.config import ConfigError, Experiment, ResolvedConfig, compose, format_value, parse_args, plain
+from lit_tuning.config import (
+    ConfigError,
+    Experiment,
+    ResolvedConfig,
+    check_model,
+    compose,
+    format_value,
+    parse_args,
+    plain,
+)
 from lit_tuning.metrics import get_metric, objective_metrics
 
 STRATEGIES = ("grid", "oat", "random", "tpe", "gp", "cmaes")
@@ -300,7 +309,7 @@ def _load_range(path: str, key: str, spec: dict[str, Any], base: ResolvedConfig)
 def check_value(base: ResolvedConfig, key: str, value: Any, *, where: str) -> Any:
     """Return the value as `fit` resolves it over the base experiment, or raise SearchSpaceError saying why not."""
     try:
-        return plain(parse_args([f"--{key}={format_value(value)}"], base.namespace)[key])
+        return plain(check_model(parse_args([f"--{key}={format_value(value)}"], base.namespace))[key])
     except ConfigError as error:
         reason = "; ".join(line.strip() for line in str(error).splitlines()[1:] if "is set " not in line)
         raise SearchSpaceError(f"{where} = {value!r} is refused by `fit`; allowed: {reason}") from None
