@@ -8,6 +8,7 @@ import inspect
 import itertools
 import math
 import re
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
 
@@ -288,13 +289,12 @@ def _load_range(path: str, key: str, spec: dict[str, Any], base: ResolvedConfig)
         raise SearchSpaceError(
             f"{path}: {where}.step = {step!r} with log: true; allowed: no step on a log scale (int ranges: step 1)"
         )
-    if step is not None:
-        span = (high - low) / step
-        if not math.isclose(span, round(span), rel_tol=1e-9, abs_tol=1e-9):
-            raise SearchSpaceError(
-                f"{path}: {where}.step = {step!r} does not divide high - low = {high - low!r}; "
-                "allowed: a step that fits a whole number of times"
-            )
+    # Decimal on the written numbers, as Optuna checks it: 0.3 - 0.0 is 3 steps of 0.1, not 2.9999999999999996.
+    if step is not None and (Decimal(str(high)) - Decimal(str(low))) % Decimal(str(step)) != 0:
+        raise SearchSpaceError(
+            f"{path}: {where}.step = {step!r} does not divide high - low = {high - low!r}; "
+            "allowed: a step that fits a whole number of times"
+        )
     cast = int if kind == "int" else float
     checked = Range(cast(low), cast(high), kind, log, None if step is None else cast(step))
     # The fit CLI judges both ends; a float range also gets a fractional midpoint, which an int key refuses.
