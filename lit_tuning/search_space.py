@@ -349,6 +349,9 @@ def _load_pruner(path: str, spec: Any) -> tuple[str, dict[str, Any]]:
     _check_fields(path, "pruner.", options, accepted)
     try:
         PRUNERS[kind](**options)  # Optuna's own constructor checks the option values
+        if kind == "hyperband":  # HyperbandPruner defers its checks to its successive-halving brackets
+            bracket_options = {k: v for k, v in options.items() if k in ("min_resource", "reduction_factor")}
+            optuna.pruners.SuccessiveHalvingPruner(**bracket_options)
     except (TypeError, ValueError) as error:
         raise SearchSpaceError(
             f"{path}: pruner {kind} with options {options!r} is refused by Optuna: {error}; "

@@ -277,6 +277,8 @@ BAD_INPUTS: list[tuple[str, Any, list[str]]] = [
      ["pruner.'warmup' is not a known field", "allowed", "n_warmup_steps"]),
     ("bad pruner option value", lambda d: d.update({"pruner": {"type": "percentile", "percentile": 150}}),
      ["pruner percentile with options {'percentile': 150} is refused by Optuna", "allowed options", "percentile"]),
+    ("hyperband min_resource 0", lambda d: d.update({"pruner": {"type": "hyperband", "min_resource": 0}}),
+     ["pruner hyperband with options {'min_resource': 0} is refused by Optuna", "min_resource >= 1"]),
     ("sampler without budget", lambda d: d.pop("n_trials"),
      ["n_trials = None under strategy tpe", "allowed: an integer >= 1"]),
     ("oat with an unstepped range", lambda d: d.update({"strategy": "oat"}),
