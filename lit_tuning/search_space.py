@@ -235,12 +235,15 @@ def _check_key(path: str, key: Any, namespace: Namespace) -> None:
     known = isinstance(key, str) and key != "config" and key in namespace
     if known and not isinstance(namespace[key], Namespace):
         return
-    siblings = namespace[section] if section and section in namespace else namespace
-    allowed = sorted(name for name in vars(siblings) if name != "config") if isinstance(siblings, Namespace) else []
+    # Suggest the keys of the nearest section that exists (the top level for an unknown section).
+    while section and not (section in namespace and isinstance(namespace[section], Namespace)):
+        section = section.rpartition(".")[0]
+    siblings = namespace[section] if section else namespace
     prefix = f"{section}." if section else ""
+    allowed = ", ".join(prefix + name for name in sorted(vars(siblings)) if name != "config")
     raise SearchSpaceError(
         f"{path}: parameters.{key}: {key!r} is not a value the fit CLI accepts; "
-        f"allowed{' under ' + section if section else ''}: {', '.join(prefix + name for name in allowed)}"
+        f"allowed{' under ' + section if section else ''}: {allowed}"
     )
 
 
@@ -297,11 +300,8 @@ def _load_range(path: str, key: str, spec: dict[str, Any], base: ResolvedConfig)
         )
     cast = int if kind == "int" else float
     checked = Range(cast(low), cast(high), kind, log, None if step is None else cast(step))
-    # The fit CLI judges both ends; a float range also gets a fractional midpoint, which an int key refuses.
-    probes = [("low", checked.low), ("high", checked.high)]
-    if kind == "float":
-        probes.append(("a value inside", math.sqrt(low * high) if log else (low + high) / 2))
-    for label, value in probes:
+    # The fit CLI judges both ends (an int key refuses 4.0, a Dropout key refuses 1.0).
+    for label, value in (("low", checked.low), ("high", checked.high)):
         check_value(base, key, value, where=f"{path}: {where} ({label})")
     return checked
 
@@ -413,7 +413,7 @@ def enumerate_trials(space: SearchSpace) -> list[dict[str, Any]]:
     centre = dict(space.base_values)
     trials = [centre]
     for key, values in axes.items():
-        trials += [{**centre, key: value} for value in values if not _same(value, centre[key])]
+        trials += [{**centre, key: value} for value in values if not same_value(value, centre[key])]
     return trials
 
 
@@ -427,7 +427,7 @@ def trial_count(space: SearchSpace) -> int:
     return space.n_trials
 
 
-def _same(left: Any, right: Any) -> bool:
+def same_value(left: Any, right: Any) -> bool:
     """Compare values as the CLI would write them (32 and 32.0 differ in type but are the same lora_alpha)."""
     if _is_number(left) and _is_number(right):
         return math.isclose(left, right, rel_tol=1e-12)

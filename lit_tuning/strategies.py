@@ -18,6 +18,7 @@ from lit_tuning.search_space import (
     SearchSpace,
     SearchSpaceError,
     enumerate_trials,
+    same_value,
 )
 
 SAMPLERS: dict[str, type[optuna.samplers.BaseSampler]] = {
@@ -110,14 +111,25 @@ def make_pruner(space: SearchSpace) -> optuna.pruners.BasePruner:
 def trial_config(space: SearchSpace, overrides: dict[str, Any], *, any_key: bool = False) -> ResolvedConfig:
     """Compose and validate the concrete config of one trial (base experiment + its overrides), as `fit` would."""
     for key, value in overrides.items():
-        if not any_key and key not in space.parameters:
+        if any_key:
+            continue
+        if key not in space.parameters:
             raise SearchSpaceError(
                 f"{space.path}: trial sets {key} = {value!r}; allowed keys: {', '.join(space.parameters)}"
             )
+        if not in_space(space.parameters[key], value):
+            raise SearchSpaceError(f"{space.path}: trial sets {key} = {value!r}; allowed: {space.parameters[key]}")
     try:
         return compose(space.base.with_overrides(overrides))
     except ConfigError as error:
         raise SearchSpaceError(f"{space.path}: trial {overrides!r} is refused by `fit`: {error}") from None
+
+
+def in_space(parameter: Candidates | Range, value: Any) -> bool:
+    """Whether a value is one of the candidates, or lies in the range and on its step."""
+    if isinstance(parameter, Candidates):
+        return any(same_value(value, candidate) for candidate in parameter.values)
+    return isinstance(value, int | float) and not isinstance(value, bool) and parameter.contains(value)
 
 
 def design(space: SearchSpace, *, full_grid: bool = False) -> list[dict[str, Any]]:

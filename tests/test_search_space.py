@@ -212,6 +212,14 @@ def test_candidates_are_drawn_from_the_list(values: list[int], seed: int):
     assert sample_trial(space, seed)["x"] in values
 
 
+def test_trial_values_outside_the_space_are_refused(seed_grid: SearchSpace):
+    assert trial_config(seed_grid, {"model.lora_alpha": 64})["model.lora_alpha"] == 64.0  # 64 is the candidate 64.0
+    with pytest.raises(SearchSpaceError, match=r"trial sets model.lora_r = 12; allowed: Candidates"):
+        trial_config(seed_grid, {"model.lora_r": 12})
+    with pytest.raises(SearchSpaceError, match=r"trial sets model.lora_dropout = 0.1; allowed keys: model.lora_r"):
+        trial_config(seed_grid, {"model.lora_dropout": 0.1})
+
+
 def test_cmaes_refuses_candidates(tmp_path: Path):
     document = valid_document() | {"strategy": "cmaes"}
     with pytest.raises(SearchSpaceError, match="under strategy cmaes; allowed: ranges only"):
@@ -228,6 +236,8 @@ def param(key: str, spec: Any) -> Any:
 BAD_INPUTS: list[tuple[str, Any, list[str]]] = [
     ("unknown key", param("model.lora_rank", {"candidates": [4]}),
      ["parameters.model.lora_rank", "'model.lora_rank'", "allowed under model", "model.lora_r"]),
+    ("unknown section", param("optimizer.lr", {"candidates": [0.1]}),
+     ["parameters.optimizer.lr: 'optimizer.lr' is not a value", "allowed: ", "model, run_name"]),
     ("section, not a value", param("model", {"candidates": [4]}),
      ["parameters.model", "'model'", "allowed", "seed_everything"]),
     ("rank 0", param("model.lora_r", {"candidates": [4, 0]}),
