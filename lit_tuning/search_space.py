@@ -105,6 +105,7 @@ class SearchSpace:
     seed: int
     pruner: str
     pruner_options: dict[str, Any]
+    resolved_base: ResolvedConfig = dataclasses.field(compare=False, repr=False)  # base parsed once, for trials
     description: str = ""
 
 
@@ -185,6 +186,7 @@ def load_search_space(path: str | Path) -> SearchSpace:
         pruner=pruner,
         pruner_options=pruner_options,
         description=str(document.get("description", "")),
+        resolved_base=base,
     )
     _check_strategy_fits(space)
     return dataclasses.replace(space, n_trials=_load_budget(space, document.get("n_trials")))

@@ -8,7 +8,7 @@ from typing import Any
 import optuna
 import yaml
 
-from lit_tuning.config import ConfigError, ResolvedConfig, compose, format_value
+from lit_tuning.config import ConfigError, ResolvedConfig, apply_overrides, format_value
 from lit_tuning.search_space import (
     ENUMERATED,
     PRIMITIVES,
@@ -120,7 +120,7 @@ def trial_config(space: SearchSpace, overrides: dict[str, Any], *, any_key: bool
         if not in_space(space.parameters[key], value):
             raise SearchSpaceError(f"{space.path}: trial sets {key} = {value!r}; allowed: {space.parameters[key]}")
     try:
-        return compose(space.base.with_overrides(overrides))
+        return apply_overrides(space.resolved_base, overrides)
     except ConfigError as error:
         raise SearchSpaceError(f"{space.path}: trial {overrides!r} is refused by `fit`: {error}") from None
 

@@ -15,6 +15,7 @@ from lit_tuning.cli import SAFE_NAME, cli_main
 from lit_tuning.config import (
     ConfigError,
     Experiment,
+    apply_overrides,
     compose,
     format_value,
     parse_args,
@@ -56,6 +57,14 @@ def test_composition_matches_the_fit_cli(capsys):
     args = ["--config", BASE, "--config", QUICK, "--model.learning_rate=1e-4", "--data.batch_size=16"]
     printed = printed_config(capsys, *args)
     assert resolved.to_dict() == printed
+
+
+def test_overrides_over_a_composed_config_equal_a_fresh_composition():
+    overrides = {"model.lora_r": 4, "data.batch_size": 8, "model.model_name_or_path": "embedded:micro"}
+    fast = apply_overrides(compose(Experiment((BASE, QUICK), {"model.lora_r": 2})), overrides)
+    fresh = compose(Experiment((BASE, QUICK), {"model.lora_r": 2, **overrides}))
+    assert fast.to_dict() == fresh.to_dict() and fast.sources == fresh.sources and fast.experiment == fresh.experiment
+    assert fast["data.model_name_or_path"] == "embedded:micro"  # the link follows the override
 
 
 @pytest.mark.parametrize("suffix", [".yaml", ".json"])
