@@ -22,6 +22,8 @@ UNSAFE_CHARACTERS = re.compile(r"[^A-Za-z0-9._-]+")
 MAX_NAME_LENGTH = 100
 # The one argument link of LitTuningCLI.add_arguments_to_parser: the tokenizer comes with the model.
 LINKED_KEYS = {"data.model_name_or_path": "model.model_name_or_path"}
+# PyYAML follows YAML 1.1, where 1e-4 is a string; learning rates are written that way, so read them as floats.
+FLOAT_PATTERN = re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?$|^[-+]?\.(?:inf|Inf|INF)$|^\.(?:nan|NaN|NAN)$")
 
 
 class ConfigError(ValueError):
@@ -229,3 +231,40 @@ def _dedent_message(message: str) -> str:
         if line not in lines:
             lines.append(line)
     return "\n".join(lines)
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys and reads 1e-4 as a float."""
+
+
+def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+    mapping: dict[Any, Any] = {}
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in mapping:
+            raise ConfigError(
+                f"{loader.name}: duplicate key {key!r} at line {key_node.start_mark.line + 1}; "
+                "allowed: each key once per mapping"
+            )
+        mapping[key] = loader.construct_object(value_node, deep=deep)
+    return mapping
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+_StrictLoader.add_implicit_resolver("tag:yaml.org,2002:float", FLOAT_PATTERN, list("-+0123456789."))
+
+
+def read_yaml(path: str | Path) -> Any:
+    """Read a YAML file with duplicate keys refused, raising ConfigError naming the file on any problem."""
+    try:
+        text = Path(path).read_text()
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read it ({error.strerror}); allowed: a readable YAML file") from None
+    loader = _StrictLoader(text)
+    loader.name = str(path)
+    try:
+        return loader.get_single_data()
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}".replace("\n", " ")) from None
+    finally:
+        loader.dispose()

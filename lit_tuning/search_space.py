@@ -7,13 +7,11 @@ import importlib.util
 import inspect
 import itertools
 import math
-import re
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
 
 import optuna
-import yaml
 from jsonargparse import Namespace
 
 from lit_tuning.config import (
@@ -25,6 +23,7 @@ from lit_tuning.config import (
     format_value,
     parse_args,
     plain,
+    read_yaml,
 )
 from lit_tuning.metrics import get_metric, objective_metrics
 
@@ -39,8 +38,6 @@ PRUNERS: dict[str, type[optuna.pruners.BasePruner]] = {
 }
 TOP_LEVEL_KEYS = ("name", "description", "objective", "strategy", "n_trials", "seed", "pruner", "base", "parameters")
 PARAMETER_FIELDS = ("candidates", "low", "high", "log", "step", "type")
-# PyYAML follows YAML 1.1, where 1e-4 is a string; learning rates are written that way, so read them as floats.
-FLOAT_PATTERN = re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?$|^[-+]?\.(?:inf|Inf|INF)$|^\.(?:nan|NaN|NAN)$")
 PRIMITIVES = (type(None), bool, int, float, str)  # what Optuna's categorical distributions store
 
 
@@ -109,48 +106,12 @@ class SearchSpace:
     description: str = ""
 
 
-class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate keys and reads 1e-4 as a float."""
-
-
-def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-    mapping: dict[Any, Any] = {}
-    for key_node, value_node in node.value:
-        key = loader.construct_object(key_node, deep=deep)
-        if key in mapping:
-            raise SearchSpaceError(
-                f"{loader.name}: duplicate key {key!r} at line {key_node.start_mark.line + 1}; "
-                "allowed: each key once per mapping"
-            )
-        mapping[key] = loader.construct_object(value_node, deep=deep)
-    return mapping
-
-
-_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-_StrictLoader.add_implicit_resolver("tag:yaml.org,2002:float", FLOAT_PATTERN, list("-+0123456789."))
-
-
-def read_yaml(path: str | Path) -> Any:
-    """Read a YAML file with duplicate keys refused, raising SearchSpaceError naming the file on any problem."""
-    try:
-        text = Path(path).read_text()
-    except OSError as error:
-        raise SearchSpaceError(
-            f"{path}: cannot read the search space ({error.strerror}); allowed: a YAML file"
-        ) from None
-    loader = _StrictLoader(text)
-    loader.name = str(path)
-    try:
-        return loader.get_single_data()
-    except yaml.YAMLError as error:
-        raise SearchSpaceError(f"{path}: not valid YAML: {error}".replace("\n", " ")) from None
-    finally:
-        loader.dispose()
-
-
 def load_search_space(path: str | Path) -> SearchSpace:
     """Load and fully validate a search space file; nothing is trained, built or written."""
-    document = read_yaml(path)
+    try:
+        document = read_yaml(path)
+    except ConfigError as error:
+        raise SearchSpaceError(str(error)) from None
     path = str(path)
     if not isinstance(document, dict):
         raise SearchSpaceError(f"{path}: top level = {document!r}; allowed: a mapping with keys {TOP_LEVEL_KEYS}")

@@ -344,6 +344,14 @@ def test_bad_input_is_refused_before_anything_is_written(tmp_path: Path, capsys,
         assert not out_dir.exists()
 
 
+def test_missing_search_space_file_is_refused(tmp_path: Path, capsys):
+    missing = tmp_path / "nope.yaml"
+    assert main(["--mode", "grid", "--search-space", str(missing), "--out-dir", str(tmp_path / "out")]) == 2
+    message = capsys.readouterr().err
+    assert f"error: {missing}: cannot read it (No such file or directory); allowed: a readable YAML file" in message
+    assert not (tmp_path / "out").exists()
+
+
 def test_there_are_at_least_25_bad_inputs():
     assert len(BAD_INPUTS) >= 25
     assert len({case[0] for case in BAD_INPUTS}) == len(BAD_INPUTS)
