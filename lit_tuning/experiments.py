@@ -66,6 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     except (SearchSpaceError, ConfigError, SweepExportError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:  # e.g. --out-dir is a file or not writable
+        print(f"error: cannot write to {args.out_dir}: {error}; allowed: a writable folder", file=sys.stderr)
+        return 2
     for path in written:
         print(path)
     kind = "W&B sweep config" if args.mode == "sweep" else "experiment config"

@@ -124,6 +124,14 @@ def test_single_set_errors_name_the_key(tmp_path: Path, capsys):
     assert not out.exists()
 
 
+def test_an_unwritable_out_dir_is_reported(tmp_path: Path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert main(["--mode", "single", "--out-dir", str(blocker / "out")]) == 2
+    assert f"error: cannot write to {blocker / 'out'}: " in capsys.readouterr().err
+    assert blocker.read_text() == ""
+
+
 def test_cli_exits_nonzero_with_the_message_and_writes_nothing(tmp_path: Path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("strategy: tpe\nn_trials: 2\nparameters:\n  model.lora_r: {candidates: [0]}\n")
