@@ -55,6 +55,10 @@ class Candidates:
         """Return the values a grid visits."""
         return list(self.values)
 
+    def __str__(self) -> str:
+        """Describe the parameter for error messages."""
+        return f"one of {list(self.values)}"
+
 
 @dataclasses.dataclass(frozen=True)
 class Range:
@@ -72,6 +76,11 @@ class Range:
         count = round((self.high - self.low) / self.step) + 1
         values = [self.low + index * self.step for index in range(count)]
         return values if self.kind == "int" else [round(value, 12) for value in values]
+
+    def __str__(self) -> str:
+        """Describe the parameter for error messages."""
+        scale = ", log scale" if self.log else f", step {self.step}" if self.step is not None else ""
+        return f"{self.kind} in [{self.low}, {self.high}]{scale}"
 
     def contains(self, value: int | float) -> bool:
         """Whether a value lies in the range and on its step grid."""

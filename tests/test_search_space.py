@@ -214,10 +214,13 @@ def test_candidates_are_drawn_from_the_list(values: list[int], seed: int):
 
 def test_trial_values_outside_the_space_are_refused(seed_grid: SearchSpace):
     assert trial_config(seed_grid, {"model.lora_alpha": 64})["model.lora_alpha"] == 64.0  # 64 is the candidate 64.0
-    with pytest.raises(SearchSpaceError, match=r"trial sets model.lora_r = 12; allowed: Candidates"):
+    with pytest.raises(SearchSpaceError, match=r"trial sets model.lora_r = 12; allowed: one of \[4, 8, 16, 32\]"):
         trial_config(seed_grid, {"model.lora_r": 12})
     with pytest.raises(SearchSpaceError, match=r"trial sets model.lora_dropout = 0.1; allowed keys: model.lora_r"):
         trial_config(seed_grid, {"model.lora_dropout": 0.1})
+    default = load_search_space(SPACES / "default.yaml")
+    with pytest.raises(SearchSpaceError, match=r"learning_rate = 0.5; allowed: float in \[0.0003, 0.01\], log scale"):
+        trial_config(default, {"model.learning_rate": 0.5})
 
 
 def test_cmaes_refuses_candidates(tmp_path: Path):
