@@ -321,6 +321,8 @@ def _load_pruner(path: str, spec: Any) -> tuple[str, dict[str, Any]]:
     _check_fields(path, "pruner.", options, accepted)
     try:
         PRUNERS[kind](**options)  # Optuna's own constructor checks the option values
+        if kind == "hyperband" and not _is_int(options.get("min_resource", 1)):
+            raise ValueError("HyperbandPruner's min_resource is a number of steps (int >= 1)")
         if kind == "hyperband":  # HyperbandPruner defers its checks to its successive-halving brackets
             bracket_options = {k: v for k, v in options.items() if k in ("min_resource", "reduction_factor")}
             optuna.pruners.SuccessiveHalvingPruner(**bracket_options)

@@ -10,7 +10,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from lit_tuning.config import ConfigError, compose, override_arg, parse_args, plain
+from lit_tuning.config import ConfigError, override_arg, parse_args, plain
 from lit_tuning.search_space import ENUMERATED, Candidates, Range, SearchSpace, SearchSpaceError, enumerate_trials
 from lit_tuning.strategies import sample_trial
 
@@ -89,7 +89,7 @@ def _parameter(key: str, parameter: Candidates | Range, method: str, notes: list
 def _hyperband(space: SearchSpace) -> dict[str, Any]:
     # Optuna's resource is optimizer steps (the pruning callback reports by global step); W&B counts how many
     # times the metric was logged, i.e. validations, one every val_check_interval batches / accumulation.
-    base = compose(space.base)
+    base = space.resolved_base
     batches_per_validation = base["trainer.val_check_interval"] or 1
     steps_per_validation = max(1, int(batches_per_validation) // int(base["trainer.accumulate_grad_batches"]))
     min_resource = space.pruner_options.get("min_resource", 1)

@@ -292,6 +292,8 @@ BAD_INPUTS: list[tuple[str, Any, list[str]]] = [
      ["pruner percentile with options {'percentile': 150} is refused by Optuna", "allowed options", "percentile"]),
     ("hyperband min_resource 0", lambda d: d.update({"pruner": {"type": "hyperband", "min_resource": 0}}),
      ["pruner hyperband with options {'min_resource': 0} is refused by Optuna", "min_resource >= 1"]),
+    ("hyperband min_resource auto", lambda d: d.update({"pruner": {"type": "hyperband", "min_resource": "auto"}}),
+     ["pruner hyperband with options {'min_resource': 'auto'} is refused", "(int >= 1)", "allowed options"]),
     ("sampler without budget", lambda d: d.pop("n_trials"),
      ["n_trials = None under strategy tpe", "allowed: an integer >= 1"]),
     ("oat with an unstepped range", lambda d: d.update({"strategy": "oat"}),
