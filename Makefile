@@ -30,6 +30,8 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "torch==$(TORCH_VERSION)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(BIN)/python -m pip install -q -e ".[dev]"
+	# W&B's sweep schema and checks; --no-deps: its numpy<2 pin is for search code lit_tuning does not use
+	$(BIN)/python -m pip install -q --no-deps "sweeps==0.3.0"
 	touch $@
 
 fit: install ## Train one LoRA run: make fit [CONFIG=configs/base.yaml] [ARGS="--model.lora_r 8"]

@@ -188,14 +188,17 @@ def choose_run_dir(root: Path, run_name: str | None, subcommand: str) -> Path:
 def cli_main(args: ArgsType = None, run: bool = True) -> LitTuningCLI:
     """Run the lit_tuning CLI on sys.argv or on the given args (a list or dict), the same path the sweep uses."""
     LitTuningParser.argv = [str(arg) for arg in args] if isinstance(args, list) else sys.argv[1:]
-    return LitTuningCLI(
-        LoRAModule,
-        SpellingDataModule,
-        seed_everything_default=42,
-        save_config_kwargs={"overwrite": False},
-        auto_configure_optimizers=False,
-        parser_kwargs={"parser_mode": "yaml"},
-        parser_class=LitTuningParser,
-        args=args,
-        run=run,
-    )
+    return LitTuningCLI(args=args, run=run, **cli_kwargs())
+
+
+def cli_kwargs() -> dict[str, Any]:
+    """Return the LightningCLI construction arguments of lit_tuning, shared with lit_tuning.config's parser."""
+    return {
+        "model_class": LoRAModule,
+        "datamodule_class": SpellingDataModule,
+        "seed_everything_default": 42,
+        "save_config_kwargs": {"overwrite": False},
+        "auto_configure_optimizers": False,
+        "parser_kwargs": {"parser_mode": "yaml"},
+        "parser_class": LitTuningParser,
+    }

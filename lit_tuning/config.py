@@ -1,0 +1,270 @@
+"""Experiment configs: compose base + model + training files + dotted overrides with the fit CLI's own parser."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import re
+import tempfile
+from argparse import ArgumentError
+from pathlib import Path
+from typing import Any
+
+import yaml
+from jsonargparse import Namespace
+
+from lit_tuning.base_model import check_model_reference
+from lit_tuning.cli import SAFE_NAME, LitTuningCLI, LitTuningParser, cli_kwargs
+
+BASE_CONFIG = "configs/base.yaml"
+UNSAFE_CHARACTERS = re.compile(r"[^A-Za-z0-9._-]+")
+MAX_NAME_LENGTH = 100
+# The one argument link of LitTuningCLI.add_arguments_to_parser: the tokenizer comes with the model.
+LINKED_KEYS = {"data.model_name_or_path": "model.model_name_or_path"}
+# PyYAML follows YAML 1.1, where 1e-4 is a string; learning rates are written that way, so read them as floats.
+FLOAT_PATTERN = re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?$|^[-+]?\.(?:inf|Inf|INF)$|^\.(?:nan|NaN|NAN)$")
+
+
+class ConfigError(ValueError):
+    """A config the fit CLI refuses; the message names the key, where it was set, and what is allowed."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+    """An experiment as `fit` sees it: config files (later files win) plus dotted overrides (win over every file)."""
+
+    files: tuple[str, ...] = (BASE_CONFIG,)
+    overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def cli_args(self) -> list[str]:
+        """Return the `fit` arguments that compose this experiment, in the order the CLI applies them."""
+        args = [arg for path in self.files for arg in ("--config", str(path))]
+        return args + [override_arg(key, value) for key, value in self.overrides.items()]
+
+    def with_overrides(self, overrides: dict[str, Any]) -> Experiment:
+        """Return this experiment with more dotted overrides (the new ones win)."""
+        return Experiment(self.files, {**self.overrides, **overrides})
+
+
+@dataclasses.dataclass(frozen=True)
+class ResolvedConfig:
+    """A parsed and validated experiment: the full `fit` config and where each value came from."""
+
+    experiment: Experiment
+    namespace: Namespace
+    sources: dict[str, str]  # dotted key -> config file path, "override", "default" or "linked from <key>"
+
+    def __getitem__(self, key: str) -> Any:
+        """Return the resolved value of a dotted key."""
+        return self.namespace[key]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the config as plain nested data, exactly what save_config writes."""
+        return yaml.safe_load(dump_config(self, "yaml"))
+
+
+class _ParserBuilt(Exception):
+    """Carries the constructed CLI out of LightningCLI.__init__ before anything is parsed."""
+
+
+class _ParserOnlyCLI(LitTuningCLI):
+    """LitTuningCLI that stops right after building its parsers: the same parser as `fit`, without running anything."""
+
+    def parse_arguments(self, parser: LitTuningParser, args: Any) -> None:
+        """Stop construction here, handing the built CLI to fit_parser."""
+        raise _ParserBuilt(self)
+
+
+@functools.cache
+def fit_parser() -> LitTuningParser:
+    """Return the parser of `python -m lit_tuning fit` (built once per process), raising errors instead of exiting."""
+    try:
+        _ParserOnlyCLI(args=[], run=True, **cli_kwargs())
+    except _ParserBuilt as built:
+        parser = built.args[0]._subcommand_parsers["fit"]
+    parser.exit_on_error = False
+    return parser
+
+
+def format_value(value: Any) -> str:
+    """Format a value for a `--key=value` argument the way the CLI's YAML parser reads it back (1e-4 stays a float)."""
+    text = yaml.safe_dump(plain(value), default_flow_style=True, width=1_000_000).strip()
+    return text.removesuffix("\n...").removesuffix("...").strip()
+
+
+def plain(value: Any) -> Any:
+    """Turn parser-typed values (jsonargparse's PositiveInt is an int subclass) into plain Python data."""
+    if isinstance(value, bool) or value is None:
+        return value
+    for base_type in (int, float, str):
+        if isinstance(value, base_type):
+            return base_type(value)
+    if isinstance(value, list | tuple):
+        return [plain(item) for item in value]
+    if isinstance(value, dict):
+        return {key: plain(item) for key, item in value.items()}
+    return value
+
+
+def override_arg(key: str, value: Any) -> str:
+    """Return the `fit` argument that sets a dotted key, e.g. `--model.lora_r=8`."""
+    return f"--{key}={format_value(value)}"
+
+
+def parse_args(args: list[str], namespace: Namespace | None = None) -> Namespace:
+    """Parse `fit` arguments (over an already parsed namespace if given); raise ConfigError with the CLI's message."""
+    LitTuningParser.argv = args  # lets the parser's error say which file or override set the bad key
+    try:
+        return fit_parser().parse_args(args, namespace=namespace.clone() if namespace is not None else None)
+    except ArgumentError as error:
+        raise ConfigError(_dedent_message(str(error))) from None
+
+
+def compose(experiment: Experiment) -> ResolvedConfig:
+    """Compose and validate an experiment exactly as `fit` would, without loading a model or writing anything."""
+    for path in experiment.files:
+        if not Path(path).is_file():
+            raise ConfigError(f"config file {path} does not exist; allowed: an existing YAML or JSON file")
+    namespace = check_model(parse_args(experiment.cli_args()))
+    return ResolvedConfig(experiment, namespace, value_sources(experiment, namespace))
+
+
+def apply_overrides(resolved: ResolvedConfig, overrides: dict[str, Any]) -> ResolvedConfig:
+    """Return a composed config with more overrides, parsed over it: what compose gives, without re-reading files."""
+    args = [override_arg(key, value) for key, value in overrides.items()]
+    namespace = check_model(parse_args(args, resolved.namespace))
+    sources = {**resolved.sources, **dict.fromkeys(overrides, "override")}
+    return ResolvedConfig(resolved.experiment.with_overrides(overrides), namespace, sources)
+
+
+def check_model(namespace: Namespace) -> Namespace:
+    """Apply fit's own check of the model reference (before_instantiate_classes does the same); return the config."""
+    error = check_model_reference(namespace.model.model_name_or_path)
+    if error:
+        raise ConfigError(f'Parser key "model.model_name_or_path":\n  {error}')
+    return namespace
+
+
+def value_sources(experiment: Experiment, namespace: Namespace) -> dict[str, str]:
+    """Map each resolved dotted key to what set it: the last file setting it, an override, a link, or the default."""
+    file_keys = [(str(path), set(_flatten(yaml.safe_load(Path(path).read_text()) or {}))) for path in experiment.files]
+    sources = {}
+    for key, _ in namespace.items(branches=False):
+        if key == "config":
+            continue
+        sources[key] = "default"
+        for path, keys in file_keys:
+            if any(key == set_key or key.startswith(set_key + ".") for set_key in keys):
+                sources[key] = path
+        if key in experiment.overrides:
+            sources[key] = "override"
+        if key in LINKED_KEYS:
+            sources[key] = f"linked from {LINKED_KEYS[key]}"
+    return sources
+
+
+def dump_config(resolved: ResolvedConfig, fmt: str) -> str:
+    """Serialize the full resolved config as `yaml` or `json`, keeping nulls so that nothing falls back to a default."""
+    namespace = resolved.namespace.clone()
+    del namespace["config"]  # the composition is inlined; re-reading the files would be redundant
+    return fit_parser().dump(namespace, format=fmt, skip_unset=False)
+
+
+def save_config(resolved: ResolvedConfig, path: str | Path) -> Path:
+    """Write the resolved config to a .yaml/.yml/.json file atomically; `fit --config path` reproduces it."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in (".yaml", ".yml", ".json"):
+        raise ConfigError(f"config file {path}: suffix {suffix!r} is not supported; allowed: .yaml, .yml, .json")
+    if suffix == ".json":
+        text = dump_config(resolved, "json_indented")
+    else:
+        text = composition_header(resolved.experiment) + dump_config(resolved, "yaml")
+    return atomic_write(path, text)
+
+
+def composition_header(experiment: Experiment) -> str:
+    """Return YAML comment lines saying which files and overrides a config was composed from."""
+    lines = [f"# composed from: {' + '.join(experiment.files)}"]
+    lines += [f"#   override: {override_arg(key, value)}" for key, value in experiment.overrides.items()]
+    return "\n".join(lines) + "\n"
+
+
+def atomic_write(path: str | Path, text: str) -> Path:
+    """Write text to path via a temporary file and a rename, so a failure never leaves a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def safe_name(name: str) -> str:
+    """Turn an experiment name into a file and run-directory name: no separators, spaces or leading dots."""
+    cleaned = UNSAFE_CHARACTERS.sub("_", name).strip("._-")[:MAX_NAME_LENGTH]
+    if not cleaned or not SAFE_NAME.fullmatch(cleaned):
+        raise ConfigError(f"experiment name {name!r} has no usable characters; allowed: letters, digits, '.', '_', '-'")
+    return cleaned
+
+
+def _flatten(document: Any, prefix: str = "") -> dict[str, Any]:
+    """Flatten nested mappings to dotted keys; lists and scalars are leaves."""
+    if not isinstance(document, dict):
+        return {prefix: document} if prefix else {}
+    flat: dict[str, Any] = {}
+    for key, value in document.items():
+        flat.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
+def _dedent_message(message: str) -> str:
+    """Drop lines the parser repeats when it reports through both the main and the subcommand parser."""
+    lines = []
+    for line in message.splitlines():
+        if line not in lines:
+            lines.append(line)
+    return "\n".join(lines)
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys and reads 1e-4 as a float."""
+
+
+def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+    mapping: dict[Any, Any] = {}
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in mapping:
+            raise ConfigError(
+                f"{loader.name}: duplicate key {key!r} at line {key_node.start_mark.line + 1}; "
+                "allowed: each key once per mapping"
+            )
+        mapping[key] = loader.construct_object(value_node, deep=deep)
+    return mapping
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+_StrictLoader.add_implicit_resolver("tag:yaml.org,2002:float", FLOAT_PATTERN, list("-+0123456789."))
+
+
+def read_yaml(path: str | Path) -> Any:
+    """Read a YAML file with duplicate keys refused, raising ConfigError naming the file on any problem."""
+    try:
+        text = Path(path).read_text()
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read it ({error.strerror}); allowed: a readable YAML file") from None
+    loader = _StrictLoader(text)
+    loader.name = str(path)
+    try:
+        return loader.get_single_data()
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}".replace("\n", " ")) from None
+    finally:
+        loader.dispose()
