@@ -15,8 +15,8 @@ from lit_tuning.search_space import ENUMERATED, Candidates, Range, SearchSpace, 
 from lit_tuning.strategies import sample_trial
 
 METHODS = {"grid": "grid", "oat": "grid", "random": "random", "tpe": "bayes", "gp": "bayes", "cmaes": "bayes"}
-# Each trial logs to W&B through Lightning's logger; under `wandb agent` it joins the sweep's run.
-WANDB_LOGGER = "lightning.pytorch.loggers.WandbLogger"
+# Each trial logs through lit_tuning's own trackers with W&B online; under `wandb agent` it joins the sweep's run.
+WANDB_ONLINE = "--tracking.wandb_mode=online"
 CREATE_TIMEOUT_S = 60
 MAX_LISTED_VALUES = 10_000
 
@@ -57,10 +57,10 @@ def sweep_command(space: SearchSpace) -> list[str]:
 
 
 def sweep_fit_args(space: SearchSpace) -> list[str]:
-    """Return the fixed `fit` arguments of every sweep run: base config files, base overrides, the W&B logger."""
+    """Return the fixed `fit` arguments of every sweep run: base config files, base overrides, W&B online."""
     files = [arg for path in space.base.files for arg in ("--config", path)]
     fixed = [override_arg(key, value) for key, value in space.base.overrides.items()]
-    return [*files, *fixed, f"--trainer.logger={WANDB_LOGGER}"]
+    return [*files, *fixed, WANDB_ONLINE]
 
 
 def _parameter(key: str, parameter: Candidates | Range, method: str, notes: list[str]) -> dict[str, Any]:
