@@ -16,7 +16,7 @@ from lightning.pytorch.loggers import CSVLogger
 from lit_tuning.base_model import check_model_reference
 from lit_tuning.data import SpellingDataModule
 from lit_tuning.module import LoRAModule
-from lit_tuning.tracking import TrackingCallback, TrackingSettings, build_trackers
+from lit_tuning.tracking import TrackingCallback, TrackingSettings, build_trackers, close_open_trackers
 
 DEFAULT_RUNS_ROOT = "results/tuning/runs"
 KEY_IN_ERROR = re.compile(r'Parser key "([^"]+)"|accept option \'([^\']+)\'|unrecognized arguments: --(\S+)')
@@ -188,7 +188,14 @@ def choose_run_dir(root: Path, run_name: str | None, subcommand: str) -> Path:
 def cli_main(args: ArgsType = None, run: bool = True) -> LitTuningCLI:
     """Run the lit_tuning CLI on sys.argv or on the given args (a list or dict), the same path the sweep uses."""
     LitTuningParser.argv = [str(arg) for arg in args] if isinstance(args, list) else sys.argv[1:]
-    return LitTuningCLI(args=args, run=run, **cli_kwargs())
+    try:
+        cli = LitTuningCLI(args=args, run=run, **cli_kwargs())
+    except BaseException as exception:  # SystemExit included: no tracker run may stay RUNNING
+        close_open_trackers(None if isinstance(exception, SystemExit) and not exception.code else exception)
+        raise
+    if run:
+        close_open_trackers()
+    return cli
 
 
 def cli_kwargs() -> dict[str, Any]:

@@ -3,6 +3,7 @@
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -229,3 +230,23 @@ def test_the_mlflow_ui_lists_the_runs_in_a_real_browser(tracked, mlflow_server, 
         capture_output=True, timeout=120, check=True,
     )  # fmt: skip
     assert screenshot.stat().st_size > 10_000
+
+
+def test_ctrl_c_closes_both_runs_as_interrupted(tmp_path, micro_model_dir):
+    runs = tmp_path / "runs"
+    args = micro_args(runs, "--run_name", "ctrl-c", "--trainer.max_steps", "100000")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "lit_tuning", "fit", *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    record_path = runs / "ctrl-c" / "tracking.json"
+    deadline = time.monotonic() + 180
+    while not record_path.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.5)
+    time.sleep(8)  # into training
+    process.send_signal(signal.SIGINT)
+    process.communicate(timeout=180)
+    assert process.returncode != 0
+    record = json.loads(record_path.read_text())
+    run = MlflowClient(record["mlflow"]["tracking_uri"]).get_run(record["mlflow"]["run_id"])
+    assert (run.info.status, run.data.tags["lit_tuning.state"]) == ("KILLED", "interrupted")
+    assert read_wandb_run(Path(record["wandb"]["run_file"])).summary["lit_tuning.state"] == "interrupted"

@@ -18,7 +18,19 @@ from lit_tuning.tracking.outcome import Outcome
 from lit_tuning.tracking.settings import TRACKING_RECORD, TrackingSettings
 from lit_tuning.tracking.wandb_tracker import WandbTracker
 
-__all__ = ["MLflowTracker", "Outcome", "TrackingCallback", "TrackingSettings", "WandbTracker", "build_trackers"]
+__all__ = [
+    "MLflowTracker",
+    "Outcome",
+    "TrackingCallback",
+    "TrackingSettings",
+    "WandbTracker",
+    "build_trackers",
+    "close_open_trackers",
+]
+
+# Trackers of this process not yet finalized: an exception outside the Trainer (before fit starts, a Ctrl-C
+# during setup) never reaches Lightning's hooks, and these runs must not be left RUNNING.
+_open_trackers: list[MLflowTracker | WandbTracker] = []
 
 
 def build_trackers(
@@ -65,9 +77,20 @@ def build_trackers(
         trackers.append(wandb_tracker)
         run_file = wandb_tracker.run_file()
         record["wandb"] = {"mode": mode, "run_id": wandb_tracker.version, "run_file": str(run_file or "")}
+    _open_trackers.extend(trackers)  # type: ignore[arg-type]
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / TRACKING_RECORD).write_text(json.dumps(record, indent=2) + "\n")
     return trackers
+
+
+def close_open_trackers(exception: BaseException | None = None) -> None:
+    """Finalize every tracker this process opened and did not close, with the outcome the exception implies."""
+    outcome = Outcome.from_exception(exception) if exception is not None else Outcome()
+    while _open_trackers:
+        tracker = _open_trackers.pop()
+        if tracker.outcome is None:
+            tracker.outcome = outcome
+        tracker.finalize("failed" if exception is not None else "success")
 
 
 def run_tags(settings: TrackingSettings, *, run_dir: Path, job_type: str, accelerator: str) -> dict[str, str]:
