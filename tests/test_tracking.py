@@ -250,3 +250,23 @@ def test_ctrl_c_closes_both_runs_as_interrupted(tmp_path, micro_model_dir):
     run = MlflowClient(record["mlflow"]["tracking_uri"]).get_run(record["mlflow"]["run_id"])
     assert (run.info.status, run.data.tags["lit_tuning.state"]) == ("KILLED", "interrupted")
     assert read_wandb_run(Path(record["wandb"]["run_file"])).summary["lit_tuning.state"] == "interrupted"
+
+
+def test_trials_of_a_study_are_child_runs_in_one_group(tmp_path, micro_model_dir):
+    runs = tmp_path / "runs"
+    for trial in (0, 1):
+        study_args = ["--tracking.study", "s1", "--tracking.trial", str(trial), "--tracking.sampler", "tpe"]
+        result = run_cli("fit", *micro_args(runs, "--run_name", f"t{trial:04d}", "--trainer.max_steps", "10",
+                                            *study_args))  # fmt: skip
+        assert result.returncode == 0, result.stderr[-3000:]
+    records = [json.loads((runs / f"t{trial:04d}" / "tracking.json").read_text()) for trial in (0, 1)]
+    client = MlflowClient(records[0]["mlflow"]["tracking_uri"])
+    children = [client.get_run(record["mlflow"]["run_id"]) for record in records]
+    assert [child.info.run_name for child in children] == ["s1/t0000", "s1/t0001"]
+    parent_ids = {child.data.tags["mlflow.parentRunId"] for child in children}
+    assert len(parent_ids) == 1
+    parent = client.get_run(parent_ids.pop())
+    assert parent.info.run_name == "s1"
+    assert children[1].data.tags["trial"] == "1" and children[1].data.tags["sampler"] == "tpe"
+    wandb_record = read_wandb_run(Path(records[1]["wandb"]["run_file"]))
+    assert (wandb_record.name, wandb_record.group, wandb_record.job_type) == ("s1/t0001", "s1", "trial")

@@ -53,6 +53,7 @@ def build_trackers(
             run_name=name,
             tags=tags,
             artifact_location=settings.artifact_location(),
+            study=settings.study,
         )
         mlflow_tracker.log_config(flatten(config))
         trackers.append(mlflow_tracker)

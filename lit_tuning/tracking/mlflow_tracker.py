@@ -16,6 +16,25 @@ from mlflow.utils.validation import MAX_METRICS_PER_BATCH, MAX_PARAM_VAL_LENGTH,
 from lit_tuning.tracking.outcome import ERROR_TAG, MLFLOW_STATUS, STATE_TAG, Outcome
 
 TRUNCATED_SUFFIX = " …[truncated: full value in config.yaml]"
+PARENT_RUN_TAG = "mlflow.parentRunId"
+STUDY_PARENT_TAG = "lit_tuning.study_parent"
+
+
+def study_parent_run(client: MlflowClient, experiment_id: str, study: str) -> str:
+    """Return the id of the study's parent run, creating it once; concurrent workers settle on the oldest."""
+
+    def parents() -> list:
+        query = f"tags.`{STUDY_PARENT_TAG}` = '{study}'"
+        return client.search_runs([experiment_id], query, order_by=["attributes.start_time ASC"], max_results=10)
+
+    found = parents()
+    if found:
+        return found[0].info.run_id
+    created = client.create_run(experiment_id, run_name=study, tags={STUDY_PARENT_TAG: study, "study": study})
+    oldest = parents()[0].info.run_id
+    if oldest != created.info.run_id:  # another worker created one first: keep a single parent
+        client.delete_run(created.info.run_id)
+    return oldest
 
 
 class MLflowTracker(Logger):
@@ -29,6 +48,7 @@ class MLflowTracker(Logger):
         run_name: str,
         tags: Mapping[str, str],
         artifact_location: str | None = None,
+        study: str | None = None,
         flush_every: int = 200,
     ) -> None:
         super().__init__()
@@ -40,7 +60,10 @@ class MLflowTracker(Logger):
             if found is not None
             else self.client.create_experiment(experiment, artifact_location=artifact_location)
         )
-        self.run = self.client.create_run(experiment_id, run_name=run_name, tags=dict(tags))
+        run_tags = dict(tags)
+        if study is not None:  # a trial is a child run of its study's parent run
+            run_tags[PARENT_RUN_TAG] = study_parent_run(self.client, experiment_id, study)
+        self.run = self.client.create_run(experiment_id, run_name=run_name, tags=run_tags)
         self._buffer: list[Metric] = []
         self._flush_every = flush_every
         self.outcome: Outcome | None = None
