@@ -141,7 +141,7 @@ class MLflowTracker(Logger):
         if self._terminated:
             return
         self.flush()
-        outcome = self.outcome or Outcome("completed" if status in ("success", "finished") else "failed")
+        outcome = self.outcome or Outcome.from_lightning_status(status)
         tags = [RunTag(STATE_TAG, outcome.state)]
         if outcome.error:
             tags.append(RunTag(ERROR_TAG, outcome.error[:5000]))

@@ -28,6 +28,11 @@ class Outcome:
     error: str | None = None
 
     @classmethod
+    def from_lightning_status(cls, status: str) -> Outcome:
+        """Map the status Lightning passes to `Logger.finalize` (success, finished or failed) to an outcome."""
+        return cls("completed" if status in ("success", "finished") else "failed")
+
+    @classmethod
     def from_exception(cls, exception: BaseException) -> Outcome:
         """Classify an exception that ended a run: a tuner's prune, a user's Ctrl-C, or a failure."""
         from optuna import TrialPruned

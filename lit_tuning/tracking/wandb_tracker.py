@@ -80,7 +80,7 @@ class WandbTracker(WandbLogger):
         """Record the outcome in the summary and finish the run (Lightning alone leaves it open)."""
         if self._finished or self._experiment is None:
             return
-        outcome = self.outcome or Outcome("completed" if status in ("success", "finished") else "failed")
+        outcome = self.outcome or Outcome.from_lightning_status(status)
         summary = self.experiment.summary
         summary[STATE_TAG] = outcome.state
         if outcome.error:
