@@ -21,6 +21,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from lit_tuning.batching import pad_right
 from lit_tuning.words import ALPHABET, load_words, zipf_frequency
 
 log = logging.getLogger(__name__)
@@ -230,12 +231,7 @@ def _pretrain(
     loss_value = float("nan")
     for _ in range(recipe.pretrain_steps):
         batch = rng.sample(lines, min(recipe.batch_size, len(lines)))
-        length = max(len(ids) for ids in batch)
-        input_ids = torch.full((len(batch), length), pad_id, dtype=torch.long)
-        attention_mask = torch.zeros_like(input_ids)
-        for row, ids in enumerate(batch):
-            input_ids[row, : len(ids)] = torch.tensor(ids)
-            attention_mask[row, : len(ids)] = 1
+        input_ids, attention_mask = pad_right(batch, pad_id)
         labels = input_ids.masked_fill(attention_mask == 0, -100)
         loss = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
         loss.backward()

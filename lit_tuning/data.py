@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from lit_tuning.base_model import resolve_model_path
+from lit_tuning.batching import pad_right
 from lit_tuning.metrics import best_constant_per_position_accuracy, chance_accuracy
 from lit_tuning.words import ALPHABET, load_words
 
@@ -81,12 +82,7 @@ class PadCollator:
         self.pad_id = pad_id
 
     def __call__(self, examples: list[tuple[list[int], int]]) -> dict[str, torch.Tensor]:
-        length = max(len(ids) for ids, _ in examples)
-        input_ids = torch.full((len(examples), length), self.pad_id, dtype=torch.long)
-        attention_mask = torch.zeros_like(input_ids)
-        for row, (ids, _) in enumerate(examples):
-            input_ids[row, : len(ids)] = torch.tensor(ids)
-            attention_mask[row, : len(ids)] = 1
+        input_ids, attention_mask = pad_right([ids for ids, _ in examples], self.pad_id)
         return {
             "input_ids": input_ids,
             "attention_mask": attention_mask,
