@@ -39,6 +39,7 @@ METRICS: dict[str, Metric] = {
         Metric("test/loss", "minimize", "cross-entropy of the answer token on the test words", "nats"),
         Metric("train/loss", "minimize", "cross-entropy of the answer token on the training batch", "nats"),
         Metric("train/tokens_per_second", "maximize", "prompt tokens processed per second of training", "tokens/s"),
+        Metric("train/tokens_seen", None, "prompt tokens trained on so far (padding excluded)", "tokens"),
         Metric("train/learning_rate", None, "learning rate of the optimizer after the scheduler step"),
         Metric("model/trainable_params", "minimize", "parameters updated by training (the LoRA adapters)", "params"),
         Metric("model/total_params", None, "all parameters of the base model plus adapters", "params"),

@@ -61,6 +61,7 @@ class LoRAModule(pl.LightningModule):
         self.save_hyperparameters()
         # Checkpoints hold only the trainable (adapter) weights; the frozen base is reloaded from its source.
         self.strict_loading = False
+        self.tokens_seen = 0  # prompt tokens trained on, kept in checkpoints so a resumed run keeps counting
         base = AutoModelForCausalLM.from_pretrained(
             resolve_model_path(model_name_or_path), dtype=None if torch_dtype == "auto" else getattr(torch, torch_dtype)
         )
@@ -113,7 +114,9 @@ class LoRAModule(pl.LightningModule):
         """Log throughput and the current learning rate."""
         elapsed = time.perf_counter() - self._step_started
         tokens = float(batch["attention_mask"].sum())
+        self.tokens_seen += int(tokens)
         self.log("train/tokens_per_second", tokens / max(elapsed, 1e-9), batch_size=1)
+        self.log("train/tokens_seen", float(self.tokens_seen), batch_size=1, reduce_fx="max")
         self.log("train/learning_rate", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=1)
 
     def _evaluation_step(self, batch: dict[str, torch.Tensor], prefix: str) -> None:
@@ -155,6 +158,11 @@ class LoRAModule(pl.LightningModule):
         """Keep only trainable weights: a LoRA checkpoint must not carry a copy of the frozen base model."""
         trainable = {f"model.{name}" for name, p in self.model.named_parameters() if p.requires_grad}
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
+        checkpoint["tokens_seen"] = self.tokens_seen
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Continue the token count of a resumed run."""
+        self.tokens_seen = int(checkpoint.get("tokens_seen", 0))
 
     def save_adapter(self, directory: Path) -> None:
         """Save the PEFT adapter with save_pretrained."""
