@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar, NoReturn
 
@@ -57,6 +58,10 @@ class LitTuningParser(LightningArgumentParser):
 class LitTuningCLI(LightningCLI):
     """LightningCLI for LoRA spelling fine-tunes; each invocation writes into its own run directory."""
 
+    def __init__(self, *args: Any, extra_callbacks: Sequence[Callback] = (), **kwargs: Any) -> None:
+        self.extra_callbacks = list(extra_callbacks)  # set first: the base __init__ runs the whole subcommand
+        super().__init__(*args, **kwargs)
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         """Add the run name and tie the data's tokenizer to the model."""
         parser.add_argument(
@@ -102,7 +107,11 @@ class LitTuningCLI(LightningCLI):
                 accelerator=str(trainer_config.get("accelerator", "auto")),
             )
             kwargs.setdefault("logger", [CSVLogger(save_dir=str(self.run_dir), name="", version=""), *trackers])
-        self.trainer_defaults["callbacks"] = [AdapterExport(self.run_dir), TrackingCallback(self.run_dir, settings)]
+        self.trainer_defaults["callbacks"] = [
+            AdapterExport(self.run_dir),
+            TrackingCallback(self.run_dir, settings),
+            *self.extra_callbacks,
+        ]
         return super().instantiate_trainer(**kwargs)
 
     def after_fit(self) -> None:
@@ -185,11 +194,14 @@ def choose_run_dir(root: Path, run_name: str | None, subcommand: str) -> Path:
     return candidate
 
 
-def cli_main(args: ArgsType = None, run: bool = True) -> LitTuningCLI:
-    """Run the lit_tuning CLI on sys.argv or on the given args (a list or dict), the same path the sweep uses."""
+def cli_main(args: ArgsType = None, run: bool = True, callbacks: Sequence[Callback] = ()) -> LitTuningCLI:
+    """Run the lit_tuning CLI on sys.argv or on the given args (a list or dict), the same path the sweep uses.
+
+    ``callbacks`` join the configured ones: the sweep passes its pruning callback this way.
+    """
     LitTuningParser.argv = [str(arg) for arg in args] if isinstance(args, list) else sys.argv[1:]
     try:
-        cli = LitTuningCLI(args=args, run=run, **cli_kwargs())
+        cli = LitTuningCLI(args=args, run=run, extra_callbacks=callbacks, **cli_kwargs())
     except BaseException as exception:  # SystemExit included: no tracker run may stay RUNNING
         close_open_trackers(None if isinstance(exception, SystemExit) and not exception.code else exception)
         raise

@@ -18,9 +18,20 @@ class StepPruningCallback(pl.Callback):
     ever pruned. Reporting by global step gives pruners one point per validation.
     """
 
-    def __init__(self, trial: optuna.Trial, monitor: str = PRIMARY_METRIC) -> None:
+    def __init__(self, trial: optuna.Trial, monitor: str = PRIMARY_METRIC, loss: str = "train/loss") -> None:
         self.trial = trial
         self.monitor = monitor
+        self.loss = loss
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: object, batch: object, batch_idx: int
+    ) -> None:
+        """Stop a diverged trial at once: a NaN/inf training loss never recovers, and accuracy can hide it."""
+        if trainer.global_step % max(1, trainer.log_every_n_steps) or self.loss not in trainer.callback_metrics:
+            return  # checked at logging steps only: reading the value synchronizes a GPU
+        value = float(trainer.callback_metrics[self.loss])
+        if not math.isfinite(value):
+            raise optuna.TrialPruned(f"{self.loss} is {value} at step {trainer.global_step}: training diverged")
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Report the metric; raise optuna.TrialPruned when the pruner says so or the metric is not finite."""
