@@ -77,7 +77,13 @@ def build_trackers(
         )
         trackers.append(wandb_tracker)
         run_file = wandb_tracker.run_file()
-        record["wandb"] = {"mode": mode, "run_id": wandb_tracker.version, "run_file": str(run_file or "")}
+        record["wandb"] = {
+            "mode": mode,
+            "run_id": wandb_tracker.version,
+            "run_file": str(run_file or ""),
+            "project": settings.resolved_wandb_project(),
+            "dir": str(settings.wandb_dir()),
+        }
     _open_trackers.extend(trackers)  # type: ignore[arg-type]
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / TRACKING_RECORD).write_text(json.dumps(record, indent=2) + "\n")

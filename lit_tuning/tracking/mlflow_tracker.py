@@ -11,6 +11,7 @@ from lightning.pytorch.loggers.logger import Logger, rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_only
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
 from mlflow.utils.validation import MAX_METRICS_PER_BATCH, MAX_PARAM_VAL_LENGTH, MAX_PARAMS_TAGS_PER_BATCH
 
 from lit_tuning.tracking.outcome import ERROR_TAG, MLFLOW_STATUS, STATE_TAG, Outcome
@@ -18,6 +19,29 @@ from lit_tuning.tracking.outcome import ERROR_TAG, MLFLOW_STATUS, STATE_TAG, Out
 TRUNCATED_SUFFIX = " …[truncated: full value in config.yaml]"
 PARENT_RUN_TAG = "mlflow.parentRunId"
 STUDY_PARENT_TAG = "lit_tuning.study_parent"
+
+
+def experiment_id_of(client: MlflowClient, experiment: str, artifact_location: str | None = None) -> str:
+    """Return the experiment's id, creating it if needed; a worker that loses the creation race uses the winner's."""
+    found = client.get_experiment_by_name(experiment)
+    if found is not None:
+        return found.experiment_id
+    try:
+        return client.create_experiment(experiment, artifact_location=artifact_location)
+    except MlflowException:
+        found = client.get_experiment_by_name(experiment)
+        if found is None:
+            raise
+        return found.experiment_id
+
+
+def prepare_study(tracking_uri: str, experiment: str, artifact_location: str | None, study: str) -> str:
+    """Create the store, the experiment and the study's parent run before any worker starts; return the parent id.
+
+    Two workers that create a fresh SQLite store at the same moment race in its schema migration.
+    """
+    client = MlflowClient(tracking_uri)
+    return study_parent_run(client, experiment_id_of(client, experiment, artifact_location), study)
 
 
 def study_parent_run(client: MlflowClient, experiment_id: str, study: str) -> str:
@@ -54,12 +78,7 @@ class MLflowTracker(Logger):
         super().__init__()
         self.client = MlflowClient(tracking_uri)
         self.tracking_uri = tracking_uri
-        found = self.client.get_experiment_by_name(experiment)
-        experiment_id = (
-            found.experiment_id
-            if found is not None
-            else self.client.create_experiment(experiment, artifact_location=artifact_location)
-        )
+        experiment_id = experiment_id_of(self.client, experiment, artifact_location)
         run_tags = dict(tags)
         if study is not None:  # a trial is a child run of its study's parent run
             run_tags[PARENT_RUN_TAG] = study_parent_run(self.client, experiment_id, study)

@@ -50,6 +50,9 @@ def check_run(run_dir: Path, metric: str = PRIMARY_METRIC) -> RunCheck:
         column = pd.read_csv(csv_path).get(metric)
         values = column.dropna() if column is not None else []
         check.local = float(values.iloc[-1]) if len(values) else None
+    if record.get("closed_after_kill"):
+        # The process died mid-run: the trackers hold what was flushed before the kill, metrics.csv may hold more.
+        check.local = None
     mlflow_state = _check_mlflow(record.get("mlflow"), metric, check)
     wandb_state = _check_wandb(record.get("wandb"), metric, check)
     if mlflow_state and wandb_state and mlflow_state != wandb_state:
@@ -83,6 +86,10 @@ def _check_wandb(entry: dict | None, metric: str, check: RunCheck) -> str | None
         check.problems.append(f"W&B run file {run_file} is missing")
         return None
     record = read_wandb_run(run_file)
+    closing_file = Path(entry.get("closing_run_file") or "")
+    if record.exit_code is None and closing_file.is_file():  # killed, then closed by the sweep in a resumed run
+        closing = read_wandb_run(closing_file)
+        record.exit_code, record.summary = closing.exit_code, {**record.summary, **closing.summary}
     state = record.summary.get(STATE_TAG)
     check.wandb_state = state or ("running" if record.exit_code is None else f"exit {record.exit_code}")
     if record.exit_code is None:
