@@ -70,6 +70,16 @@ def suggest(trial: optuna.Trial, space: SearchSpace) -> dict[str, Any]:
     return overrides
 
 
+def encode_params(space: SearchSpace, overrides: dict[str, Any]) -> dict[str, Any]:
+    """Return overrides as Optuna stores them (list candidates as YAML text), e.g. to enqueue a known trial."""
+    encoded = dict(overrides)
+    for key, value in overrides.items():
+        parameter = space.parameters.get(key)
+        if isinstance(parameter, Candidates) and not _all_primitive(parameter):
+            encoded[key] = format_value(value)
+    return encoded
+
+
 def decode_choice(parameter: Candidates, choice: Any) -> Any:
     """Turn a stored categorical choice back into the candidate value (lists are stored as their YAML text)."""
     return choice if _all_primitive(parameter) else yaml.safe_load(choice)
