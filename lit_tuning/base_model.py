@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import hashlib
 import json
 import logging
@@ -14,7 +13,6 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -22,6 +20,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from lit_tuning.batching import pad_right
+from lit_tuning.locking import file_lock
 from lit_tuning.words import ALPHABET, load_words, zipf_frequency
 
 log = logging.getLogger(__name__)
@@ -116,7 +115,7 @@ def ensure_built(name: str, recipe: BaseModelRecipe, root: Path | None = None) -
     if (target / "recipe.json").is_file():
         return target
     root.mkdir(parents=True, exist_ok=True)
-    with _exclusive_lock(root / f".{name}.lock"):
+    with file_lock(root / f".{name}.lock"):
         if (target / "recipe.json").is_file():  # another process built it while we waited
             return target
         log.warning("Building embedded base model %r into %s (once; cached afterwards)", name, target)
@@ -128,16 +127,6 @@ def ensure_built(name: str, recipe: BaseModelRecipe, root: Path | None = None) -
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     return target
-
-
-@contextmanager
-def _exclusive_lock(path: Path) -> Iterator[None]:
-    with open(path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def spelling_line(word: str) -> str:

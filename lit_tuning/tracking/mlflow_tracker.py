@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +15,23 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.utils.validation import MAX_METRICS_PER_BATCH, MAX_PARAM_VAL_LENGTH, MAX_PARAMS_TAGS_PER_BATCH
 
+from lit_tuning.locking import file_lock
 from lit_tuning.tracking.outcome import ERROR_TAG, MLFLOW_STATUS, STATE_TAG, Outcome
 
 TRUNCATED_SUFFIX = " …[truncated: full value in config.yaml]"
 PARENT_RUN_TAG = "mlflow.parentRunId"
 STUDY_PARENT_TAG = "lit_tuning.study_parent"
+
+
+@contextlib.contextmanager
+def store_setup_lock(tracking_uri: str) -> Iterator[None]:
+    """Serialize the first use of a local SQLite store: two processes creating it at once race in its migration."""
+    if not tracking_uri.startswith("sqlite:///"):
+        yield
+        return
+    database = Path(tracking_uri.removeprefix("sqlite:///"))
+    with file_lock(database.with_name(database.name + ".lock")):
+        yield
 
 
 def experiment_id_of(client: MlflowClient, experiment: str, artifact_location: str | None = None) -> str:
@@ -41,7 +54,9 @@ def prepare_study(tracking_uri: str, experiment: str, artifact_location: str | N
     Two workers that create a fresh SQLite store at the same moment race in its schema migration.
     """
     client = MlflowClient(tracking_uri)
-    return study_parent_run(client, experiment_id_of(client, experiment, artifact_location), study)
+    with store_setup_lock(tracking_uri):
+        experiment_id = experiment_id_of(client, experiment, artifact_location)
+    return study_parent_run(client, experiment_id, study)
 
 
 def study_parent_run(client: MlflowClient, experiment_id: str, study: str) -> str:
@@ -78,7 +93,8 @@ class MLflowTracker(Logger):
         super().__init__()
         self.client = MlflowClient(tracking_uri)
         self.tracking_uri = tracking_uri
-        experiment_id = experiment_id_of(self.client, experiment, artifact_location)
+        with store_setup_lock(tracking_uri):
+            experiment_id = experiment_id_of(self.client, experiment, artifact_location)
         run_tags = dict(tags)
         if study is not None:  # a trial is a child run of its study's parent run
             run_tags[PARENT_RUN_TAG] = study_parent_run(self.client, experiment_id, study)
