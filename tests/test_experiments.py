@@ -168,16 +168,22 @@ def test_oat_exports_as_the_full_grid_with_a_note():
     assert notes == ["W&B has no one-at-a-time method: the oat design is exported as the full grid (4096 runs)"]
 
 
-def test_sampler_sweep_distributions_and_hyperband():
+def test_sampler_sweep_distributions_and_hyperband(tmp_path: Path):
     config, notes = sweep_config(load_search_space(SPACES / "default.yaml"))
     assert config["method"] == "bayes" and config["run_cap"] == 24
     assert config["metric"] == {"name": "val/letter_position_accuracy", "goal": "maximize"}
     assert config["parameters"]["model.learning_rate"] == {
         "distribution": "log_uniform_values",
-        "min": 3e-4,
+        "min": 1e-3,
         "max": 1e-2,
     }
     assert config["parameters"]["model.lora_dropout"] == {"distribution": "uniform", "min": 0.0, "max": 0.2}
+    assert "early_terminate" not in config
+    assert notes == ["W&B early termination is hyperband only: pruner median is not exported"]
+    document = yaml.safe_load((SPACES / "default.yaml").read_text())
+    document["pruner"] = {"type": "hyperband", "min_resource": 100, "max_resource": 1000, "reduction_factor": 3}
+    (tmp_path / "hyperband.yaml").write_text(yaml.safe_dump(document))
+    config, notes = sweep_config(load_search_space(tmp_path / "hyperband.yaml"))
     # min_resource 100 steps = the first validation (every 100 batches, no accumulation): W&B iteration 1
     assert config["early_terminate"] == {"type": "hyperband", "min_iter": 1, "eta": 3}
     assert notes == []

@@ -1,0 +1,178 @@
+"""One trial: the base experiment plus the trial's overrides, run by the `fit` CLI with step-based pruning."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import optuna
+import torch
+from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+from lit_tuning.analysis import study_slug
+from lit_tuning.cli import cli_main
+from lit_tuning.pruning import StepPruningCallback
+from lit_tuning.search_space import SearchSpace
+from lit_tuning.strategies import suggest
+from lit_tuning.sweep.study import INTERRUPTED
+from lit_tuning.tracking.settings import TRACKING_RECORD
+
+# Set by the worker's SIGINT handler: Lightning turns Ctrl-C into sys.exit(1), which must not read as a crash.
+INTERRUPT_REQUESTED = threading.Event()
+
+
+@dataclasses.dataclass(frozen=True)
+class TrialContext:
+    """What every trial of one worker shares: the space, where runs go, and the worker's device arguments."""
+
+    space: SearchSpace
+    study_name: str
+    runs_root: Path
+    fit_args: tuple[str, ...] = ()  # appended to every trial's `fit` arguments (device, tracking overrides)
+    worker: str = "worker-0"
+    device: str = "cpu"
+
+
+def trial_dir(runs_root: Path, study_name: str, number: int) -> Path:
+    """Return results/tuning/runs/<study>/t<NNNN>: one trial's run directory."""
+    return runs_root / study_slug(study_name) / f"t{number:04d}"
+
+
+class TrialFacts(pl.Callback):
+    """Keeps a handle on the trainer so that steps run and tokens seen can be read even after a prune or crash."""
+
+    def __init__(self, trial: optuna.Trial, run_dir: Path) -> None:
+        self.trial, self.run_dir = trial, run_dir
+        self.trainer: pl.Trainer | None = None
+        self.module: pl.LightningModule | None = None
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Remember the trainer and module; record the tracker run ids now, so a killed attempt can be closed."""
+        self.trainer, self.module = trainer, pl_module
+        for key, value in tracking_ids(self.run_dir).items():
+            self.trial.set_user_attr(key, value)
+
+    def facts(self) -> dict[str, Any]:
+        """Return steps, tokens and parameter counts recorded so far."""
+        if self.trainer is None or self.module is None:
+            return {}
+        trainable, total = self.module.trainable_parameters()
+        return {
+            "steps": int(self.trainer.global_step),
+            "tokens": int(getattr(self.module, "tokens_seen", 0)),
+            "trainable_params": int(trainable),
+            "total_params": int(total),
+        }
+
+
+class Objective:
+    """The Optuna objective of a sweep: returns the trial's final validation metric."""
+
+    def __init__(self, context: TrialContext) -> None:
+        self.context = context
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        """Run the trial's `fit`; record its facts as user attributes; raise TrialPruned or the failure."""
+        space, context = self.context.space, self.context
+        overrides = suggest(trial, space)
+        run_dir = trial_dir(context.runs_root, context.study_name, trial.number)
+        retry_of, checkpoint = self.resume_point(trial)
+        self.record(
+            trial,
+            run_dir=str(run_dir),
+            worker=context.worker,
+            worker_pid=os.getpid(),
+            device=context.device,
+            threads=torch.get_num_threads(),  # CPU float sums depend on it: a replay uses the same count
+            retry_of=retry_of,
+            resumed_from_step=checkpoint_step(checkpoint) if checkpoint else None,
+            reason=None,
+        )
+        args = [
+            "fit",
+            *space.base.with_overrides(overrides).cli_args(),
+            f"--run_name={run_dir.name}",
+            f"--trainer.default_root_dir={run_dir.parent}",
+            f"--tracking.study={context.study_name}",
+            f"--tracking.trial={trial.number}",
+            f"--tracking.sampler={space.strategy}",
+            *context.fit_args,
+        ]
+        if checkpoint is not None:
+            args.append(f"--ckpt_path={checkpoint}")
+        facts = TrialFacts(trial, run_dir)
+        started = time.monotonic()
+        try:
+            cli = cli_main(args, callbacks=[StepPruningCallback(trial, monitor=space.metric), facts])
+        except optuna.TrialPruned as pruned:
+            self.record(trial, reason=str(pruned))
+            raise
+        except SystemExit as exit_:
+            if INTERRUPT_REQUESTED.is_set():
+                self.record(trial, reason=INTERRUPTED)
+                raise KeyboardInterrupt from None
+            self.record(trial, reason=f"fit exited with code {exit_.code}; see {run_dir.parent}/worker logs")
+            raise RuntimeError(f"fit exited with code {exit_.code}") from None
+        except KeyboardInterrupt:
+            self.record(trial, reason=INTERRUPTED)
+            raise
+        except torch.OutOfMemoryError as error:
+            self.record(trial, reason=f"out of memory: {str(error).splitlines()[0]}")
+            raise
+        except Exception as error:
+            self.record(trial, reason=f"{type(error).__name__}: {error}")
+            raise
+        finally:
+            duration_s = round(time.monotonic() - started, 3)
+            self.record(trial, duration_s=duration_s, **facts.facts())
+        value = cli.trainer.callback_metrics.get(space.metric)
+        if value is None or not math.isfinite(float(value)):
+            reason = f"{space.metric} is {value} at the end of training"
+            self.record(trial, reason=reason)
+            raise optuna.TrialPruned(reason)
+        return float(value)
+
+    def resume_point(self, trial: optuna.Trial) -> tuple[int | None, Path | None]:
+        """For a retry of a killed or interrupted trial: the original trial's number and its newest checkpoint."""
+        frozen = next(t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number)
+        history = RetryHeartbeatStaleTrialCallback.retry_history(frozen)
+        if not history:
+            return None, None
+        for number in reversed(history):  # the latest attempt got furthest
+            checkpoint = trial_dir(self.context.runs_root, self.context.study_name, number) / "checkpoints/last.ckpt"
+            if checkpoint_step(checkpoint) is not None:
+                return history[0], checkpoint
+        return history[0], None
+
+    @staticmethod
+    def record(trial: optuna.Trial, **attrs: Any) -> None:
+        """Store facts of the trial as Optuna user attributes (None values are skipped unless clearing a reason)."""
+        for key, value in attrs.items():
+            if value is not None or key == "reason":
+                trial.set_user_attr(key, value)
+
+
+def checkpoint_step(checkpoint: Path) -> int | None:
+    """Return the global step saved in a Lightning checkpoint, or None when it is missing or unreadable."""
+    if not checkpoint.is_file():
+        return None
+    try:
+        return int(torch.load(checkpoint, map_location="cpu", weights_only=False)["global_step"])
+    except Exception:  # a checkpoint cut short by the kill: start that attempt over rather than crash
+        return None
+
+
+def tracking_ids(run_dir: Path) -> dict[str, Any]:
+    """Return the MLflow run id and tracking URI a run recorded in its tracking.json, if any."""
+    record_path = run_dir / TRACKING_RECORD
+    if not record_path.is_file():
+        return {}
+    mlflow = json.loads(record_path.read_text()).get("mlflow") or {}
+    return {"mlflow_run_id": mlflow.get("run_id"), "mlflow_tracking_uri": mlflow.get("tracking_uri")}

@@ -1,0 +1,73 @@
+"""A study's results on disk: the trials and curves tables, and best.yaml plus the top-k as replayable configs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from lit_tuning.analysis import DATA_ROOT, curves_frame, data_dir, study_slug, trials_frame
+from lit_tuning.config import atomic_write, composition_header, dump_config
+from lit_tuning.search_space import Candidates, SearchSpace
+from lit_tuning.strategies import decode_choice, trial_config
+
+CONFIGS_ROOT = Path("results/tuning/configs")
+DEFAULT_TOP_K = 3
+
+
+def decoded_params(space: SearchSpace, params: dict[str, Any]) -> dict[str, Any]:
+    """Turn a trial's stored params back into `fit` overrides (list candidates are stored as YAML text)."""
+    return {
+        key: decode_choice(space.parameters[key], value) if isinstance(space.parameters.get(key), Candidates) else value
+        for key, value in params.items()
+    }
+
+
+def ranked_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """Completed trials, best first in the study's direction."""
+    completed = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    return sorted(completed, key=lambda trial: (-trial.value if maximize else trial.value, trial.number))
+
+
+def write_results(
+    study: optuna.Study,
+    space: SearchSpace,
+    *,
+    top_k: int = DEFAULT_TOP_K,
+    data_root: Path = DATA_ROOT,
+    configs_root: Path = CONFIGS_ROOT,
+) -> list[Path]:
+    """Write trials.csv and curves.csv, best.yaml and rank<NN>_t<NNNN>.yaml; return the paths written."""
+    table_dir = data_dir(study.study_name, data_root)
+    written = [
+        atomic_write(table_dir / "trials.csv", trials_frame(study).to_csv(index=False)),
+        atomic_write(table_dir / "curves.csv", curves_frame(study, space.metric).to_csv(index=False)),
+    ]
+    config_dir = configs_root / study_slug(study.study_name)
+    ranked = ranked_trials(study)[:top_k]
+    keep = set()
+    for rank, trial in enumerate(ranked, start=1):
+        text = replay_config(study, space, trial, rank)
+        path = atomic_write(config_dir / f"rank{rank:02d}_t{trial.number:04d}.yaml", text)
+        keep.add(path.name)
+        written.append(path)
+        if rank == 1:
+            written.append(atomic_write(config_dir / "best.yaml", text))
+            keep.add("best.yaml")
+    for stale in config_dir.glob("*.yaml") if config_dir.is_dir() else []:
+        if stale.name not in keep:  # the ranking moved since the last write
+            stale.unlink()
+    return written
+
+
+def replay_config(study: optuna.Study, space: SearchSpace, trial: optuna.trial.FrozenTrial, rank: int) -> str:
+    """The full config of a trial, with a header saying where it came from and how to run it."""
+    resolved = trial_config(space, decoded_params(space, trial.params))
+    header = (
+        f"# study {study.study_name!r}, trial {trial.number} (rank {rank}): {space.metric} = {trial.value:.6f}\n"
+        "# replay: python -m lit_tuning fit --config configs/base.yaml --config <this file>\n"
+    )
+    return header + composition_header(resolved.experiment) + dump_config(resolved, "yaml")

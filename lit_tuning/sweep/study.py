@@ -1,0 +1,111 @@
+"""One study's definition in the storage: created once from a search space, its budget, and what is left to run."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import optuna
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.trial import TrialState
+
+from lit_tuning.search_space import ENUMERATED, SearchSpace, enumerate_trials
+from lit_tuning.strategies import encode_params, in_space, make_pruner, make_sampler
+from lit_tuning.sweep.storage import study_lock
+
+# Trials that use up the budget: finished ones, running ones, and ones queued to run (retries, design points).
+BUDGETED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
+INTERRUPTED = "interrupted"  # the `reason` of a trial stopped by Ctrl-C: resumed, from its checkpoint, on re-run
+
+
+class StudyMismatchError(ValueError):
+    """The study exists with another search space or objective: resuming it with this one would mix designs."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Budget:
+    """How many trials the study may run in all (re-runs continue up to it), and when to stop starting new ones."""
+
+    n_trials: int
+    deadline: float | None = None  # time.time() after which no new trial starts
+    max_failures: int | None = None  # stop after this many failed trials (default: the budget)
+
+
+def open_study(space: SearchSpace, name: str, storage: RDBStorage, n_trials: int) -> optuna.Study:
+    """Create the study (queueing its design) or load it, refusing one made from a different space or budget kind."""
+    direction = space.direction
+    sampler = optuna.samplers.RandomSampler(seed=space.seed) if space.strategy in ENUMERATED else make_sampler(space)
+    with study_lock(storage, name):
+        study = optuna.create_study(
+            study_name=name,
+            storage=storage,
+            direction=direction,
+            sampler=sampler,
+            pruner=make_pruner(space),
+            load_if_exists=True,
+        )
+        attrs = study.user_attrs
+        identity = {"search_space_name": space.name, "metric": space.metric, "strategy": space.strategy}
+        if not attrs:
+            for key, value in {**identity, "search_space": str(space.path), "pruner": space.pruner}.items():
+                study.set_user_attr(key, value)
+            study.set_user_attr("budget", n_trials)
+            for overrides, attrs_of_trial in initial_trials(space):
+                study.enqueue_trial(encode_params(space, overrides), user_attrs=attrs_of_trial)
+        else:
+            differing = {key: (attrs.get(key), value) for key, value in identity.items() if attrs.get(key) != value}
+            if differing:
+                details = ", ".join(f"{key}: stored {old!r}, given {new!r}" for key, (old, new) in differing.items())
+                raise StudyMismatchError(
+                    f"study {name!r} already exists with another definition ({details}); "
+                    "allowed: the same search space, or a new --study name"
+                )
+            if n_trials != attrs.get("budget"):
+                study.set_user_attr("budget", n_trials)  # a larger budget extends the study
+    return study
+
+
+def initial_trials(space: SearchSpace) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """Return the trials queued at creation: every grid/oat point, or the untuned base config when it is in the space.
+
+    Queued trials are popped by exactly one worker each, so a parallel grid runs every point once
+    (GridSampler alone lets two workers draw the same point).
+    """
+    if space.strategy in ENUMERATED:
+        return [(overrides, {}) for overrides in enumerate_trials(space)]
+    base = space.base_values
+    if all(key in base and in_space(parameter, base[key]) for key, parameter in space.parameters.items()):
+        return [(dict(base), {"is_base_config": True})]
+    return []
+
+
+def design_size(space: SearchSpace) -> int | None:
+    """The number of trials a grid/oat design has (its natural budget), None for sampling strategies."""
+    return len(enumerate_trials(space)) if space.strategy in ENUMERATED else None
+
+
+def budgeted_count(study: optuna.Study) -> int:
+    """Trials that count toward the budget: completed, pruned, running and queued (failed ones are not)."""
+    return len(study.get_trials(deepcopy=False, states=BUDGETED))
+
+
+def is_done(study: optuna.Study, budget: int) -> bool:
+    """Whether every trial of the budget has finished (nothing runs or waits, and the count is reached)."""
+    trials = study.get_trials(deepcopy=False)
+    unfinished = any(trial.state in (TrialState.RUNNING, TrialState.WAITING) for trial in trials)
+    finished = sum(trial.state in (TrialState.COMPLETE, TrialState.PRUNED) for trial in trials)
+    return not unfinished and finished >= budget
+
+
+def requeue_interrupted(study: optuna.Study) -> list[int]:
+    """Queue a retry of each trial stopped by Ctrl-C that has none yet; return their numbers."""
+    trials = study.get_trials(deepcopy=False)
+    retried = {number for trial in trials for number in RetryHeartbeatStaleTrialCallback.retry_history(trial)}
+    requeued = []
+    retry = RetryHeartbeatStaleTrialCallback(inherit_intermediate_values=True)
+    for trial in trials:
+        if trial.state == TrialState.FAIL and trial.user_attrs.get("reason") == INTERRUPTED:
+            if trial.number not in retried:
+                retry(study, trial)
+                requeued.append(trial.number)
+    return requeued

@@ -1,0 +1,78 @@
+"""Helpers for the sweep tests: micro-model search spaces in a temp folder and the sweep command as a subprocess."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import optuna
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
+
+MICRO_BASE = {
+    "configs": ["configs/base.yaml", "configs/hyperparameters/training/quick.yaml"],
+    "overrides": {
+        "model.model_name_or_path": "embedded:micro",
+        "data.num_words": 300,
+        "trainer.max_steps": 40,
+        "trainer.val_check_interval": 10,
+        "trainer.enable_progress_bar": False,
+        "trainer.enable_model_summary": False,
+    },
+}
+
+
+def write_space(folder: Path, name: str, overrides: dict[str, Any] | None = None, **fields: Any) -> Path:
+    """Write a search space on the micro model (40 steps, validation every 10) with the given top-level fields.
+
+    ``overrides`` join the base overrides; a grid/oat space (no ``n_trials``) passes ``n_trials=None``.
+    """
+    document = {
+        "name": name,
+        "strategy": "random",
+        "n_trials": 4,
+        "seed": 0,
+        "objective": {"metric": "val/letter_position_accuracy"},
+        "pruner": "none",
+        "base": {**MICRO_BASE, "overrides": {**MICRO_BASE["overrides"], **(overrides or {})}},
+        "parameters": {"model.learning_rate": {"low": 1.0e-4, "high": 3.0e-2, "log": True}},
+        **fields,
+    }
+    document = {key: value for key, value in document.items() if value is not None}
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
+    return path
+
+
+def sweep_command(space: Path, root: Path, storage: str, *extra: str) -> list[str]:
+    """The `python -m lit_tuning.sweep` command of a test study writing under root."""
+    return [
+        sys.executable,
+        "-m",
+        "lit_tuning.sweep",
+        f"--search-space={space}",
+        f"--storage={storage}",
+        f"--results-root={root}",
+        *extra,
+    ]
+
+
+def run_sweep(space: Path, root: Path, storage: str, *extra: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run a sweep to its end and return the completed process (output captured)."""
+    return subprocess.run(
+        sweep_command(space, root, storage, *extra), cwd=ROOT, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def states(study: optuna.Study) -> list[str]:
+    """The state names of a study's trials, in trial order."""
+    return [trial.state.name for trial in study.get_trials(deepcopy=False)]
+
+
+def sqlite_url(root: Path) -> str:
+    """An SQLite storage URL in a test folder."""
+    return f"sqlite:///{root / 'optuna.db'}"
