@@ -1,0 +1,133 @@
+"""`make confirm`: re-run a study's top-k configs and its untuned base config over seeds, into confirm.csv."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import io
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from lit_tuning.analysis import DEFAULT_STORAGE, study_slug
+from lit_tuning.config import atomic_write
+from lit_tuning.metrics import PRIMARY_METRIC
+from lit_tuning.report import ROOT, ReportError, open_study, study_space
+from lit_tuning.significance import BASE_LABEL
+
+CONFIRM_COLUMNS = ["config", "seed", "value", "run_dir"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """One re-run: a config label, the `fit` arguments that compose it, and the seed."""
+
+    label: str
+    config_args: tuple[str, ...]
+    seed: int
+
+
+def plan(study_name: str, *, storage: str, root: Path, top_k: int, seeds: int) -> list[Job]:
+    """The re-runs: the top-k rank files the sweep wrote, then the base config, each with seeds 0..seeds-1."""
+    study = open_study(study_name, storage)
+    slug = study_slug(study.study_name)
+    config_dir = root / "configs" / slug
+    ranked = sorted(config_dir.glob("rank*_t*.yaml"))[:top_k]
+    if not ranked:
+        raise ReportError(f"{config_dir}: no rank<NN>_t<NNNN>.yaml configs; run `make sweep` for study {study_name!r}")
+    space = study_space(study)
+    if space is None:
+        raise ReportError(
+            f"study {study_name!r}: user attribute search_space = {study.user_attrs.get('search_space')!r} is not a "
+            "readable search-space file; allowed: the path the sweep recorded"
+        )
+    configs = [(path.stem, ("--config", "configs/base.yaml", "--config", str(path))) for path in ranked]
+    configs.append((BASE_LABEL, tuple(space.base.cli_args())))
+    return [Job(label, args, seed) for label, args in configs for seed in range(seeds)]
+
+
+def final_value(run_dir: Path, metric: str = PRIMARY_METRIC) -> float:
+    """The last logged value of the metric in a run's metrics.csv."""
+    path = run_dir / "metrics.csv"
+    if not path.is_file():
+        raise ReportError(f"{path}: missing; the fit did not log metrics")
+    frame = pd.read_csv(path)
+    if metric not in frame or frame[metric].dropna().empty:
+        raise ReportError(f"{path}: no {metric!r} column with values; allowed columns: {', '.join(frame.columns)}")
+    return float(frame[metric].dropna().iloc[-1])
+
+
+def run_jobs(
+    study_name: str, jobs: list[Job], *, root: Path, max_steps: int | None = None, extra: tuple[str, ...] = ()
+) -> Path:
+    """Run each job not yet in confirm.csv (so an interrupted confirm resumes) and rewrite the table after each."""
+    slug = study_slug(study_name)
+    table = root / "data" / slug / "confirm.csv"
+    done = pd.read_csv(table) if table.is_file() else pd.DataFrame(columns=CONFIRM_COLUMNS)
+    rows = done.to_dict("records")
+    finished = {(str(row["config"]), int(row["seed"])) for row in rows}
+    runs_root = root / "runs" / f"{slug}-confirm"
+    for job in jobs:
+        if (job.label, job.seed) in finished:
+            continue
+        run_name = f"confirm-{job.label}-s{job.seed}" + (f"-{max_steps}steps" if max_steps else "")
+        args = [*job.config_args, "--seed_everything", str(job.seed), "--run_name", run_name]
+        args += ["--trainer.default_root_dir", str(runs_root), "--tracking.root", str(root)]
+        args += ["--tracking.mlflow_experiment", "lit_tuning-confirm"]
+        args += ["--trainer.max_steps", str(max_steps)] if max_steps else []
+        print(f"confirm: {job.label} seed {job.seed}", flush=True)
+        result = subprocess.run(
+            [sys.executable, "-m", "lit_tuning", "fit", *args, *extra], capture_output=True, text=True
+        )
+        if result.returncode != 0:
+            raise ReportError(f"fit {' '.join(args)} failed (exit {result.returncode}):\n{result.stderr[-3000:]}")
+        rows.append(
+            {
+                "config": job.label,
+                "seed": job.seed,
+                "value": final_value(runs_root / run_name),
+                "run_dir": str(runs_root / run_name),
+            }
+        )
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=CONFIRM_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write(table, buffer.getvalue())
+    return table
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line: plan and run the re-runs of one study (default: the most recent)."""
+    parser = argparse.ArgumentParser(prog="python -m lit_tuning.confirm", description=__doc__)
+    parser.add_argument("--study", help="study name (default: the study whose latest trial started last)")
+    parser.add_argument("--storage", default=DEFAULT_STORAGE, help=f"Optuna storage URL (default {DEFAULT_STORAGE})")
+    parser.add_argument("--root", type=Path, default=ROOT, help=f"results root (default {ROOT})")
+    parser.add_argument("--top-k", type=int, default=2, help="how many of the best configs to re-run (default 2)")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds per config, 0..N-1 (default 3)")
+    parser.add_argument("--max-steps", type=int, help="override trainer.max_steps (smoke tests; not for results)")
+    parser.add_argument("--dry-run", action="store_true", help="print the planned runs and exit")
+    args, extra = parser.parse_known_args(argv)  # anything else goes to every `fit` (e.g. --tracking.wandb_mode)
+    for flag, value in (("--top-k", args.top_k), ("--seeds", args.seeds), ("--max-steps", args.max_steps or 1)):
+        if value < 1:
+            parser.error(f"{flag} = {value}; allowed: an integer >= 1")
+    try:
+        study = open_study(args.study, args.storage)
+        jobs = plan(study.study_name, storage=args.storage, root=args.root, top_k=args.top_k, seeds=args.seeds)
+        if args.dry_run:
+            for job in jobs:
+                print(job.label, job.seed, " ".join(job.config_args))
+            return 0
+        table = run_jobs(study.study_name, jobs, root=args.root, max_steps=args.max_steps, extra=tuple(extra))
+    except ReportError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"confirm table: {table}\nnext: make report STUDY={study.study_name}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
