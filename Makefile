@@ -16,9 +16,16 @@ MLFLOW_PORT ?= 5000
 MLFLOW_STORE ?= sqlite:///$(CURDIR)/results/tuning/mlflow.db
 WANDB_DIR_RUNS ?= results/tuning/wandb
 WANDB_SYNC_FLAGS ?=
+SPACE ?= configs/hyperparameters/search_spaces/default.yaml
+STORAGE ?= sqlite:///results/tuning/optuna.db
+SWEEP_ARGS ?=
+STUDY ?=
+STUDIES ?=
+TOP_K ?= 2
+SEEDS ?= 3
 
 .DEFAULT_GOAL := help
-.PHONY: help install fit base-model test test-slow test-all lint format clean-runs mlflow-ui wandb-sync bench bench-tracking
+.PHONY: help install fit base-model test test-slow test-all lint format clean-runs mlflow-ui wandb-sync bench bench-tracking bench-sweep
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
@@ -65,10 +72,31 @@ wandb-sync: install ## Upload offline W&B runs (needs `wandb login` or WANDB_API
 	@ls -d $(WANDB_DIR_RUNS)/offline-run-* >/dev/null 2>&1 || { echo "no offline W&B runs in $(WANDB_DIR_RUNS)"; exit 0; }
 	$(BIN)/wandb sync --skip-synced $(WANDB_SYNC_FLAGS) $(WANDB_DIR_RUNS)/offline-run-*
 
-bench: bench-tracking ## All benchmarks (figures under results/tuning/bench)
+bench: bench-tracking bench-sweep ## All benchmarks (figures under results/tuning/bench)
 
 bench-tracking: install ## Step-time cost of MLflow / W&B logging on the default fit
 	$(BIN)/python -m lit_tuning.bench_tracking
+
+bench-sweep: install ## Study throughput with 1 and 2 worker processes (through the real sweep driver)
+	$(BIN)/python -m lit_tuning.bench_sweep
+
+.PHONY: sweep status
+sweep: install ## Run (or resume) a study: make sweep [SPACE=...yaml STUDY=name STORAGE=url SWEEP_ARGS="--workers 2"]
+	$(BIN)/python -m lit_tuning.sweep --search-space $(SPACE) --storage "$(STORAGE)" $(if $(STUDY),--study "$(STUDY)") $(SWEEP_ARGS)
+
+status: install ## Live trials table of a study: make status [STUDY=name; default the latest]
+	$(BIN)/python -m lit_tuning.sweep status --storage "$(STORAGE)" $(if $(STUDY),--study "$(STUDY)")
+
+.PHONY: report confirm report-compare
+report: install ## Figures, tables and HTML report of a study: make report [STUDY=name; default the latest]
+	$(BIN)/python -m lit_tuning.report --storage "$(STORAGE)" $(if $(STUDY),--study "$(STUDY)") $(ARGS)
+
+confirm: install ## Re-run a study's top configs and its base config over seeds: make confirm STUDY=name [TOP_K=2 SEEDS=3]
+	$(BIN)/python -m lit_tuning.confirm --storage "$(STORAGE)" $(if $(STUDY),--study "$(STUDY)") --top-k $(TOP_K) --seeds $(SEEDS) $(ARGS)
+
+report-compare: install ## One HTML report comparing studies: make report-compare STUDIES="a b"
+	@test -n "$(STUDIES)" || { echo 'STUDIES is empty; allowed: STUDIES="study_a study_b"' >&2; exit 2; }
+	$(BIN)/python -m lit_tuning.report --storage "$(STORAGE)" --compare $(STUDIES) $(ARGS)
 
 clean-runs: ## Delete run directories under results/tuning/runs
 	rm -rf results/tuning/runs
