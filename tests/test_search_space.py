@@ -28,7 +28,7 @@ from lit_tuning.search_space import (
 from lit_tuning.strategies import design, distributions, make_pruner, make_sampler, sample_trial, suggest, trial_config
 
 SPACES = ROOT / "configs/hyperparameters/search_spaces"
-SHIPPED = sorted(SPACES.glob("*.yaml"))
+SHIPPED = sorted(path for path in SPACES.glob("*.yaml") if not path.stem.endswith("-next"))  # -next: written by reports
 SEED_GRID = {
     "model.lora_r": [4, 8, 16, 32],
     "model.lora_alpha": [8, 16, 32, 64],
