@@ -47,7 +47,7 @@ fit: install ## Train one LoRA run: make fit [CONFIG=configs/base.yaml] [ARGS="-
 base-model: install ## Build (or find cached) the embedded offline base model
 	$(BIN)/python -c "from lit_tuning.base_model import resolve_model_path; print(resolve_model_path('embedded:tiny'))"
 
-test: install ## Everyday test suite (offline, ~6 min on 2 cores)
+test: install ## Everyday test suite (offline, ~7 min on 2 cores; all with slow ones: ~14 min)
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 test-slow: install ## Heavier end-to-end tests (the default config, the real base model)
