@@ -81,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     options = build_parser().parse_args(argv)
     options.fit_args = [arg for arg in getattr(options, "fit_args", []) if arg != "--"]
     silence_optuna()
+    # Heartbeats and stale-trial retries are "experimental" in Optuna: one filter for driver and workers.
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     try:

@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-import warnings
 from pathlib import Path
 from types import FrameType
 
@@ -136,9 +135,7 @@ class SweepDriver:
             return False
         if is_done(study, self.run.budget):
             return False
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            fail_stale_trials(study)
+        fail_stale_trials(study)
         counts = count(study)
         if counts.waiting and self.respawns < self.max_respawns:
             self.respawns += 1

@@ -84,11 +84,6 @@ def design_size(space: SearchSpace) -> int | None:
     return len(enumerate_trials(space)) if space.strategy in ENUMERATED else None
 
 
-def budgeted_count(study: optuna.Study) -> int:
-    """Trials that count toward the budget: completed, pruned, running and queued (failed ones are not)."""
-    return len(study.get_trials(deepcopy=False, states=BUDGETED))
-
-
 def is_done(study: optuna.Study, budget: int) -> bool:
     """Whether every trial of the budget has finished (nothing runs or waits, and the count is reached)."""
     trials = study.get_trials(deepcopy=False)
@@ -97,10 +92,15 @@ def is_done(study: optuna.Study, budget: int) -> bool:
     return not unfinished and finished >= budget
 
 
+def retried_numbers(trials: list[optuna.trial.FrozenTrial]) -> set[int]:
+    """Numbers of the trials that some later trial retries (killed or interrupted attempts)."""
+    return {number for trial in trials for number in RetryHeartbeatStaleTrialCallback.retry_history(trial)}
+
+
 def requeue_interrupted(study: optuna.Study) -> list[int]:
     """Queue a retry of each trial stopped by Ctrl-C that has none yet; return their numbers."""
     trials = study.get_trials(deepcopy=False)
-    retried = {number for trial in trials for number in RetryHeartbeatStaleTrialCallback.retry_history(trial)}
+    retried = retried_numbers(trials)
     requeued = []
     retry = RetryHeartbeatStaleTrialCallback(inherit_intermediate_values=True)
     for trial in trials:

@@ -10,20 +10,19 @@ import signal
 import threading
 import time
 import traceback
-import warnings
 from collections.abc import Iterator
 from types import FrameType
 
 import optuna
 import torch
-from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback, fail_stale_trials
+from optuna.storages import RDBStorage, fail_stale_trials
 from optuna.trial import TrialState
 
 from lit_tuning.search_space import ENUMERATED, SearchSpace
 from lit_tuning.strategies import make_sampler
 from lit_tuning.sweep.objective import INTERRUPT_REQUESTED, Objective, TrialContext
 from lit_tuning.sweep.storage import study_lock
-from lit_tuning.sweep.study import BUDGETED, Budget
+from lit_tuning.sweep.study import BUDGETED, Budget, retried_numbers
 
 log = logging.getLogger("lit_tuning.sweep")
 
@@ -33,15 +32,14 @@ def next_trial(study: optuna.Study, storage: RDBStorage, space: SearchSpace, bud
 
     Decided and asked under the study lock, so N workers never start more trials than the budget.
     """
-    with study_lock(storage, study.study_name), warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+    with study_lock(storage, study.study_name):
         fail_stale_trials(study)  # a worker that stopped beating: fail its trial and queue the retry
         if budget.deadline is not None and time.time() >= budget.deadline:
             return None
         trials = study.get_trials(deepcopy=False)
         started = sum(trial.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING) for trial in trials)
         waiting = any(trial.state == TrialState.WAITING for trial in trials)
-        retried = {number for trial in trials for number in RetryHeartbeatStaleTrialCallback.retry_history(trial)}
+        retried = retried_numbers(trials)
         # A killed or interrupted trial that is being retried is not a failure of its config.
         failures = sum(trial.state == TrialState.FAIL and trial.number not in retried for trial in trials)
         if started >= budget.n_trials:
