@@ -45,7 +45,7 @@ fit: install ## Train one LoRA run: make fit [CONFIG=configs/base.yaml] [ARGS="-
 	$(BIN)/python -m lit_tuning fit --config $(CONFIG) $(ARGS)
 
 base-model: install ## Build (or find cached) the embedded offline base model
-	$(BIN)/python -c "from lit_tuning.base_model import resolve_model_path; print(resolve_model_path('embedded:tiny'))"
+	$(BIN)/python -c "from lit_tuning.train.base_model import resolve_model_path; print(resolve_model_path('embedded:tiny'))"
 
 test: install ## Everyday test suite (offline, ~7 min on 2 cores; all with slow ones: ~14 min)
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
@@ -75,10 +75,10 @@ wandb-sync: install ## Upload offline W&B runs (needs `wandb login` or WANDB_API
 bench: bench-tracking bench-sweep ## All benchmarks (figures under results/tuning/bench)
 
 bench-tracking: install ## Step-time cost of MLflow / W&B logging on the default fit
-	$(BIN)/python -m lit_tuning.bench_tracking
+	$(BIN)/python -m lit_tuning.bench.tracking
 
 bench-sweep: install ## Study throughput with 1 and 2 worker processes (through the real sweep driver)
-	$(BIN)/python -m lit_tuning.bench_sweep
+	$(BIN)/python -m lit_tuning.bench.sweep
 
 .PHONY: sweep status
 sweep: install ## Run (or resume) a study: make sweep [SPACE=...yaml STUDY=name STORAGE=url SWEEP_ARGS="--workers 2"]
@@ -89,14 +89,14 @@ status: install ## Live trials table of a study: make status [STUDY=name; defaul
 
 .PHONY: report confirm report-compare
 report: install ## Figures, tables and HTML report of a study: make report [STUDY=name; default the latest]
-	$(BIN)/python -m lit_tuning.report --storage "$(STORAGE)" $(if $(STUDY),--study "$(STUDY)") $(ARGS)
+	$(BIN)/python -m lit_tuning.analysis.report --storage "$(STORAGE)" $(if $(STUDY),--study "$(STUDY)") $(ARGS)
 
 confirm: install ## Re-run a study's top configs and its base config over seeds: make confirm STUDY=name [TOP_K=2 SEEDS=3]
-	$(BIN)/python -m lit_tuning.confirm --storage "$(STORAGE)" $(if $(STUDY),--study "$(STUDY)") --top-k $(TOP_K) --seeds $(SEEDS) $(ARGS)
+	$(BIN)/python -m lit_tuning.analysis.confirm --storage "$(STORAGE)" $(if $(STUDY),--study "$(STUDY)") --top-k $(TOP_K) --seeds $(SEEDS) $(ARGS)
 
 report-compare: install ## One HTML report comparing studies: make report-compare STUDIES="a b"
 	@test -n "$(STUDIES)" || { echo 'STUDIES is empty; allowed: STUDIES="study_a study_b"' >&2; exit 2; }
-	$(BIN)/python -m lit_tuning.report --storage "$(STORAGE)" --compare $(STUDIES) $(ARGS)
+	$(BIN)/python -m lit_tuning.analysis.report --storage "$(STORAGE)" --compare $(STUDIES) $(ARGS)
 
 clean-runs: ## Delete run directories under results/tuning/runs
 	rm -rf results/tuning/runs

@@ -32,7 +32,7 @@ def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def micro_model_dir(model_cache: Path) -> Path:
     """The micro embedded base model, built once per session (seconds)."""
-    from lit_tuning.base_model import resolve_model_path
+    from lit_tuning.train.base_model import resolve_model_path
 
     return Path(resolve_model_path("embedded:micro"))
 

@@ -10,10 +10,11 @@ import optuna
 import pandas as pd
 import pytest
 
-from lit_tuning import analysis
-from lit_tuning.recommend import narrowed_space, param_importances, verdicts, write_space
-from lit_tuning.search_space import Range, load_search_space
-from lit_tuning.significance import confirm_comparisons, confirm_summary, mean_ci, welch_test
+from lit_tuning.analysis import tables
+from lit_tuning.analysis.importance import narrowed_space, param_importances, verdicts, write_space
+from lit_tuning.analysis.significance import confirm_comparisons, confirm_summary, mean_ci, welch_test
+from lit_tuning.experiment.search_space import Range, load_search_space
+from lit_tuning.sweep import trial_record
 
 ROOT = Path(__file__).resolve().parents[1]
 FULL_STEPS = 1000
@@ -90,8 +91,8 @@ def make_study(tmp_path: Path, name: str = "synthetic", *, n_complete: int = 24)
 
 def test_trials_table_counts_best_and_base(tmp_path: Path) -> None:
     study, _ = make_study(tmp_path)
-    trials = analysis.trials_frame(study)
-    summary = analysis.study_summary(trials)
+    trials = trial_record.trials_frame(study)
+    summary = tables.study_summary(trials)
     assert summary["n_trials"] == 28
     assert summary["counts"] == {"COMPLETE": 24, "PRUNED": 3, "FAIL": 1, "RUNNING": 0, "WAITING": 0}
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
@@ -104,7 +105,7 @@ def test_trials_table_counts_best_and_base(tmp_path: Path) -> None:
 
 def test_compute_and_best_so_far_follow_trial_order(tmp_path: Path) -> None:
     study, _ = make_study(tmp_path, n_complete=5)
-    frame = analysis.with_compute(analysis.trials_frame(study))
+    frame = tables.with_compute(trial_record.trials_frame(study))
     assert frame.attrs["compute_unit"] == "tokens"
     assert frame["cumulative_compute"].iloc[-1] == (5 * FULL_STEPS + 600 + 50) * TOKENS_PER_STEP
     values = [t.value for t in sorted(study.trials, key=lambda t: t.number)]
@@ -115,34 +116,34 @@ def test_compute_and_best_so_far_follow_trial_order(tmp_path: Path) -> None:
 
 def test_pruning_savings_counts_steps_not_run(tmp_path: Path) -> None:
     study, _ = make_study(tmp_path, n_complete=4)
-    savings = analysis.pruning_savings(analysis.trials_frame(study), FULL_STEPS)
+    savings = tables.pruning_savings(trial_record.trials_frame(study), FULL_STEPS)
     assert savings["n_pruned"] == 3 and savings["pruned_steps_run"] == 600
     assert savings["steps_saved"] == 2400 and savings["tokens_saved"] == 2400 * TOKENS_PER_STEP
     assert savings["steps_spent"] == 4 * FULL_STEPS + 600 + 50
     assert savings["saved_fraction"] == pytest.approx(2400 / (4650 + 2400))
-    assert analysis.pruning_savings(analysis.trials_frame(study))["full_steps"] == FULL_STEPS  # longest trial
+    assert tables.pruning_savings(trial_record.trials_frame(study))["full_steps"] == FULL_STEPS  # longest trial
 
 
 def test_pareto_front_keeps_only_undominated_trials(tmp_path: Path) -> None:
     study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'p.db'}", direction="maximize")
     for cost, value in ((100, 0.5), (200, 0.6), (300, 0.55), (50, 0.3), (100, 0.45)):
         study.add_trial(optuna.trial.create_trial(value=value, user_attrs={"trainable_params": cost}))
-    trials = analysis.trials_frame(study)
-    front = trials.loc[analysis.pareto_mask(trials), "trainable_params"].tolist()
+    trials = trial_record.trials_frame(study)
+    front = trials.loc[tables.pareto_mask(trials), "trainable_params"].tolist()
     assert sorted(front) == [50, 100, 200]
 
 
 def test_curves_table_has_each_report(tmp_path: Path) -> None:
     study, _ = make_study(tmp_path, n_complete=2)
-    curves = analysis.curves_frame(study)
+    curves = trial_record.curves_frame(study)
     assert len(curves) == 2 * 10 + 1 + 2 + 3  # 10 reports per full trial, 1+2+3 for the pruned ones
     assert curves.groupby("number")["step"].max().to_dict()[2] == 100
 
 
 def test_mlflow_tables_skip_trials_without_runs(tmp_path: Path) -> None:
     study, _ = make_study(tmp_path, n_complete=2)
-    trials = analysis.trials_frame(study)
-    assert analysis.mlflow_curves(trials).empty and analysis.mlflow_baselines(trials) == {}
+    trials = trial_record.trials_frame(study)
+    assert tables.mlflow_curves(trials).empty and tables.mlflow_baselines(trials) == {}
 
 
 def test_mean_ci_matches_student_t() -> None:
@@ -192,7 +193,7 @@ def test_importance_finds_the_parameter_that_matters(tmp_path: Path) -> None:
 
 def test_narrowed_space_narrows_what_matters_and_loads(tmp_path: Path) -> None:
     study, _ = make_study(tmp_path)
-    trials = analysis.trials_frame(study)
+    trials = trial_record.trials_frame(study)
     space = load_search_space(study.user_attrs["search_space"])
     table = verdicts(param_importances(study, n_resamples=10))
     document, notes = narrowed_space(space, trials, table, study=study.study_name)

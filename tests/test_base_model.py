@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from lit_tuning.base_model import RECIPES, check_model_reference, ensure_built, resolve_model_path, spelling_line
+from lit_tuning.train.base_model import RECIPES, check_model_reference, ensure_built, resolve_model_path, spelling_line
 
 
 def test_micro_build_is_a_loadable_save_pretrained_dir(micro_model_dir: Path):

@@ -8,8 +8,8 @@ import torch
 import yaml
 from conftest import ROOT, micro_args, run_cli
 
-from lit_tuning.cli import cli_main
-from lit_tuning.metrics import PRIMARY_METRIC
+from lit_tuning.train.cli import cli_main
+from lit_tuning.train.metrics import PRIMARY_METRIC
 
 
 @pytest.fixture(scope="module")

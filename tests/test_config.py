@@ -11,8 +11,7 @@ from conftest import ROOT
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lit_tuning.cli import SAFE_NAME, cli_main
-from lit_tuning.config import (
+from lit_tuning.experiment.config import (
     ConfigError,
     Experiment,
     apply_overrides,
@@ -22,6 +21,7 @@ from lit_tuning.config import (
     safe_name,
     save_config,
 )
+from lit_tuning.train.cli import SAFE_NAME, cli_main
 
 BASE = str(ROOT / "configs/base.yaml")
 QUICK = str(ROOT / "configs/hyperparameters/training/quick.yaml")

@@ -6,7 +6,7 @@ import pytest
 import yaml
 from conftest import ROOT
 
-from lit_tuning.cli import cli_main
+from lit_tuning.train.cli import cli_main
 
 COMPOSABLE = sorted(
     p for p in (ROOT / "configs/hyperparameters").rglob("*.yaml") if p.parent.name in ("models", "training")

@@ -6,8 +6,8 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from lit_tuning.data import PadCollator, SpellingDataModule, SpellingDataset, letter_token_ids, split_words
-from lit_tuning.words import ALPHABET, load_words
+from lit_tuning.train.data import PadCollator, SpellingDataModule, SpellingDataset, letter_token_ids, split_words
+from lit_tuning.train.words import ALPHABET, load_words
 
 
 def test_words_are_lowercase_ascii_in_length_range():

@@ -12,12 +12,18 @@ import pytest
 import yaml
 from conftest import ROOT
 
-from lit_tuning import experiments
-from lit_tuning.cli import cli_main
-from lit_tuning.config import Experiment, compose, plain
-from lit_tuning.experiments import main
-from lit_tuning.search_space import enumerate_trials, load_search_space
-from lit_tuning.wandb_sweep import SweepExportError, create_sweep, sweep_config, sweep_points, validate_sweep_config
+from lit_tuning.experiment import generator
+from lit_tuning.experiment.config import Experiment, compose, plain
+from lit_tuning.experiment.generator import main
+from lit_tuning.experiment.search_space import enumerate_trials, load_search_space
+from lit_tuning.experiment.wandb_export import (
+    SweepExportError,
+    create_sweep,
+    sweep_config,
+    sweep_points,
+    validate_sweep_config,
+)
+from lit_tuning.train.cli import cli_main
 
 with warnings.catch_warnings():  # sweeps' pydantic models warn about v1-style config keys on import
     warnings.simplefilter("ignore")
@@ -105,7 +111,7 @@ def test_grid_mode_of_a_sampler_space_writes_its_seeded_draws(tmp_path: Path, ca
 
 
 def test_existing_files_are_not_overwritten(tmp_path: Path, capsys, monkeypatch):
-    monkeypatch.setattr(experiments.time, "strftime", lambda _format: "20260101_000000")
+    monkeypatch.setattr(generator.time, "strftime", lambda _format: "20260101_000000")
     out = tmp_path / "out"
     files, _ = run_main(capsys, "--mode", "single", "--out-dir", str(out))
     before = files[0].read_text()
@@ -137,7 +143,7 @@ def test_cli_exits_nonzero_with_the_message_and_writes_nothing(tmp_path: Path):
     bad.write_text("strategy: tpe\nn_trials: 2\nparameters:\n  model.lora_r: {candidates: [0]}\n")
     out = tmp_path / "out"
     args = ["--mode", "grid", "--search-space", str(bad), "--out-dir", str(out)]
-    command = [sys.executable, "-m", "lit_tuning.experiments", *args]
+    command = [sys.executable, "-m", "lit_tuning.experiment", *args]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2
     assert f"error: {bad}: parameters.model.lora_r.candidates[0] = 0 is refused by `fit`; allowed:" in result.stderr

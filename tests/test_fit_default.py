@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 from conftest import ROOT, run_cli
 
-from lit_tuning.metrics import PRIMARY_METRIC
+from lit_tuning.train.metrics import PRIMARY_METRIC
 
 
 @pytest.mark.slow

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from lit_tuning.metrics import (
+from lit_tuning.train.metrics import (
     METRICS,
     PRIMARY_METRIC,
     answer_accuracy_counts,
@@ -53,6 +53,6 @@ def test_best_constant_per_position_uses_the_training_majority_letter():
 def test_the_docs_table_matches_the_registry():
     from conftest import ROOT
 
-    from lit_tuning.metrics import markdown_table
+    from lit_tuning.train.metrics import markdown_table
 
     assert markdown_table() in (ROOT / "docs/training.md").read_text()

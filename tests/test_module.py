@@ -7,8 +7,8 @@ import pytest
 import torch
 from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel, Qwen2Config, Qwen2ForCausalLM
 
-from lit_tuning.data import SpellingDataModule
-from lit_tuning.module import LoRAModule, lr_multiplier
+from lit_tuning.train.data import SpellingDataModule
+from lit_tuning.train.module import LoRAModule, lr_multiplier
 
 
 def quick_trainer(root: Path, steps: int) -> pl.Trainer:

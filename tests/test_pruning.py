@@ -6,10 +6,10 @@ import lightning.pytorch as pl
 import optuna
 import pytest
 
-from lit_tuning.data import SpellingDataModule
-from lit_tuning.metrics import PRIMARY_METRIC
-from lit_tuning.module import LoRAModule
-from lit_tuning.pruning import StepPruningCallback
+from lit_tuning.sweep.pruning import StepPruningCallback
+from lit_tuning.train.data import SpellingDataModule
+from lit_tuning.train.metrics import PRIMARY_METRIC
+from lit_tuning.train.module import LoRAModule
 
 
 def fit_trial(trial: optuna.Trial, root: Path, learning_rate: float) -> float:

@@ -15,9 +15,9 @@ import pytest
 import yaml
 from test_analysis import ROOT, make_study
 
-from lit_tuning.analysis import study_slug
-from lit_tuning.report import build_report, main
-from lit_tuning.search_space import load_search_space
+from lit_tuning.analysis.report import build_report, main
+from lit_tuning.experiment.search_space import load_search_space
+from lit_tuning.paths import study_slug
 
 HOSTILE = "<script>alert(1)</script>"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -166,7 +166,7 @@ def test_confirm_reruns_configs_over_seeds(tmp_path: Path, micro_model_dir: Path
     args = ["--study", "quick", "--storage", storage, "--root", str(root), "--top-k", "1", "--seeds", "2"]
     args += ["--max-steps", "20", f"--tracking.root={tmp_path / 'tracking'}", "--tracking.wandb_mode=disabled"]
     result = subprocess.run(
-        [sys.executable, "-m", "lit_tuning.confirm", *args], cwd=ROOT, capture_output=True, text=True
+        [sys.executable, "-m", "lit_tuning.analysis.confirm", *args], cwd=ROOT, capture_output=True, text=True
     )
     assert result.returncode == 0, result.stderr[-3000:]
     table = pd.read_csv(root / "data" / "quick" / "confirm.csv")

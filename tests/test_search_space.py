@@ -15,8 +15,8 @@ from conftest import ROOT
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lit_tuning.experiments import main
-from lit_tuning.search_space import (
+from lit_tuning.experiment.generator import main
+from lit_tuning.experiment.search_space import (
     Candidates,
     Range,
     SearchSpace,
@@ -25,7 +25,15 @@ from lit_tuning.search_space import (
     load_search_space,
     trial_count,
 )
-from lit_tuning.strategies import design, distributions, make_pruner, make_sampler, sample_trial, suggest, trial_config
+from lit_tuning.experiment.strategies import (
+    design,
+    distributions,
+    make_pruner,
+    make_sampler,
+    sample_trial,
+    suggest,
+    trial_config,
+)
 
 SPACES = ROOT / "configs/hyperparameters/search_spaces"
 SHIPPED = sorted(path for path in SPACES.glob("*.yaml") if not path.stem.endswith("-next"))  # -next: written by reports

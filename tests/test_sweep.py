@@ -131,7 +131,7 @@ def test_status_prints_the_live_table(finished):
 def test_report_reads_the_real_study(finished):
     root, _, _ = finished
     result = subprocess.run(
-        [sys.executable, "-m", "lit_tuning.report", f"--storage={sqlite_url(root)}", f"--root={root}",
+        [sys.executable, "-m", "lit_tuning.analysis.report", f"--storage={sqlite_url(root)}", f"--root={root}",
          f"--spaces-dir={root / 'spaces'}"],
         cwd=ROOT, capture_output=True, text=True, timeout=600,
     )  # fmt: skip

@@ -9,9 +9,9 @@ import pytest
 import yaml
 from sweep_helpers import write_space
 
-from lit_tuning.search_space import load_search_space
+from lit_tuning.experiment.search_space import load_search_space
 from lit_tuning.sweep import devices
-from lit_tuning.sweep.__main__ import main
+from lit_tuning.sweep.cli import main
 from lit_tuning.sweep.devices import DeviceError, plan_workers
 from lit_tuning.sweep.study import initial_trials
 

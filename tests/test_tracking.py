@@ -16,10 +16,10 @@ import requests
 from conftest import ROOT, micro_args, run_cli
 from mlflow import MlflowClient
 
-from lit_tuning.metrics import PRIMARY_METRIC
 from lit_tuning.tracking import TrackingSettings, WandbTracker
 from lit_tuning.tracking.__main__ import main as tracking_main
 from lit_tuning.tracking.wandb_reader import read_wandb_run
+from lit_tuning.train.metrics import PRIMARY_METRIC
 
 FAKE_SECRETS = {
     "WANDB_API_KEY": "fake0123456789secretkey0123456789abcdef",

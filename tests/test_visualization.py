@@ -10,8 +10,9 @@ import pandas as pd
 import pytest
 from test_analysis import FULL_STEPS, make_study
 
-from lit_tuning import analysis
-from lit_tuning import visualization as viz
+from lit_tuning.analysis import figures as viz
+from lit_tuning.analysis import tables
+from lit_tuning.sweep import trial_record
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -32,7 +33,7 @@ def xor_study(tmp_path: Path) -> optuna.Study:
 
 
 def test_interaction_picks_the_pair_that_interacts(tmp_path: Path) -> None:
-    a, b, means, counts, share = viz.interaction_data(analysis.trials_frame(xor_study(tmp_path)))
+    a, b, means, counts, share = viz.interaction_data(trial_record.trials_frame(xor_study(tmp_path)))
     assert {a, b} == {"model.lora_r", "data.batch_size"}
     assert share == pytest.approx(1.0)  # the whole variance is interaction: no main effects at all
     assert means.to_numpy().min() == pytest.approx(0.5) and means.to_numpy().max() == pytest.approx(0.7)
@@ -41,13 +42,13 @@ def test_interaction_picks_the_pair_that_interacts(tmp_path: Path) -> None:
 
 def test_last_reported_is_where_each_trial_stopped(tmp_path: Path) -> None:
     study, _ = make_study(tmp_path, n_complete=2)
-    stopped = viz.last_reported(analysis.curves_frame(study)).set_index("number")["step"].to_dict()
+    stopped = viz.last_reported(trial_record.curves_frame(study)).set_index("number")["step"].to_dict()
     assert stopped == {0: FULL_STEPS, 1: FULL_STEPS, 2: 100, 3: 200, 4: 300}
 
 
 def test_every_figure_is_written_as_png(tmp_path: Path) -> None:
     study, _ = make_study(tmp_path, n_complete=6)
-    trials, curves = analysis.trials_frame(study), analysis.curves_frame(study)
+    trials, curves = trial_record.trials_frame(study), trial_record.curves_frame(study)
     baselines = {"baseline/chance": 1 / 26, "baseline/best_constant_per_position": 0.146}
     importances = pd.DataFrame(
         {"param": ["a", "b"], "evaluator": "ped_anova", "importance": [0.8, 0.2], "low": [0.6, 0.0], "high": [0.9, 0.4]}
@@ -55,7 +56,7 @@ def test_every_figure_is_written_as_png(tmp_path: Path) -> None:
     confirm = pd.DataFrame(
         {"config": ["best"] * 3 + ["base"] * 3, "seed": [0, 1, 2] * 2, "value": [0.6, 0.62, 0.61, 0.5, 0.52, 0.49]}
     )
-    from lit_tuning.significance import confirm_summary
+    from lit_tuning.analysis.significance import confirm_summary
 
     paths = [
         viz.plot_history(trials, curves, baselines, tmp_path / "f" / "history.png"),
@@ -65,9 +66,9 @@ def test_every_figure_is_written_as_png(tmp_path: Path) -> None:
         viz.plot_interaction(trials, tmp_path / "f" / "interaction.png"),
         viz.plot_curves(curves, baselines, tmp_path / "f" / "curves.png"),
         viz.plot_pareto(trials, baselines, tmp_path / "f" / "pareto.png"),
-        viz.plot_pruning(trials, analysis.pruning_savings(trials), tmp_path / "f" / "pruning.png"),
+        viz.plot_pruning(trials, tables.pruning_savings(trials), tmp_path / "f" / "pruning.png"),
         viz.plot_confirm(confirm, confirm_summary(confirm), baselines, tmp_path / "f" / "confirm.png"),
-        viz.plot_comparison([analysis.with_compute(trials)], tmp_path / "f" / "comparison.png"),
+        viz.plot_comparison([tables.with_compute(trials)], tmp_path / "f" / "comparison.png"),
     ]
     for path in paths:
         assert path.read_bytes()[:8] == PNG_MAGIC, path

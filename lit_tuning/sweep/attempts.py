@@ -12,8 +12,8 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from optuna.trial import TrialState
 
-from lit_tuning.analysis import KILLED_REASON
-from lit_tuning.config import atomic_write
+from lit_tuning.files import atomic_write
+from lit_tuning.sweep.trial_record import KILLED_REASON
 from lit_tuning.tracking.mlflow_tracker import STUDY_PARENT_TAG
 from lit_tuning.tracking.outcome import ERROR_TAG, STATE_TAG
 from lit_tuning.tracking.settings import TRACKING_RECORD

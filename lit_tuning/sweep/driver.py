@@ -15,9 +15,8 @@ from types import FrameType
 import optuna
 from optuna.storages import fail_stale_trials
 
-from lit_tuning.analysis import study_slug
-from lit_tuning.base_model import resolve_model_path
-from lit_tuning.search_space import SearchSpace
+from lit_tuning.experiment.search_space import SearchSpace
+from lit_tuning.paths import study_slug
 from lit_tuning.sweep.attempts import close_dead_attempts, close_parent_run
 from lit_tuning.sweep.devices import WorkerPlan
 from lit_tuning.sweep.progress import count, progress_line
@@ -25,6 +24,7 @@ from lit_tuning.sweep.results import write_results
 from lit_tuning.sweep.study import is_done, requeue_interrupted
 from lit_tuning.tracking.mlflow_tracker import prepare_study
 from lit_tuning.tracking.settings import TrackingSettings
+from lit_tuning.train.base_model import resolve_model_path
 
 log = logging.getLogger("lit_tuning.sweep")
 POLL_S = 2.0

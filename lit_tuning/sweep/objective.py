@@ -16,13 +16,13 @@ import optuna
 import torch
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 
-from lit_tuning.analysis import study_slug
-from lit_tuning.cli import cli_main
-from lit_tuning.pruning import StepPruningCallback
-from lit_tuning.search_space import SearchSpace
-from lit_tuning.strategies import suggest
-from lit_tuning.sweep.study import INTERRUPTED
+from lit_tuning.experiment.search_space import SearchSpace
+from lit_tuning.experiment.strategies import suggest
+from lit_tuning.paths import study_slug
+from lit_tuning.sweep.pruning import StepPruningCallback
+from lit_tuning.sweep.trial_record import INTERRUPTED
 from lit_tuning.tracking.settings import TRACKING_RECORD
+from lit_tuning.train.cli import cli_main
 
 # Set by the worker's SIGINT handler: Lightning turns Ctrl-C into sys.exit(1), which must not read as a crash.
 INTERRUPT_REQUESTED = threading.Event()

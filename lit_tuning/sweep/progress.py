@@ -8,7 +8,7 @@ import datetime
 import optuna
 from optuna.trial import TrialState
 
-from lit_tuning.analysis import PARAM_PREFIX, param_columns, trials_frame
+from lit_tuning.sweep.trial_record import PARAM_PREFIX, param_columns, trials_frame
 
 
 @dataclasses.dataclass(frozen=True)

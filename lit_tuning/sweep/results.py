@@ -8,12 +8,13 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from lit_tuning.analysis import DATA_ROOT, curves_frame, data_dir, study_slug, trials_frame
-from lit_tuning.config import atomic_write, composition_header, dump_config
-from lit_tuning.search_space import Candidates, SearchSpace
-from lit_tuning.strategies import decode_choice, trial_config
+from lit_tuning.experiment.config import composition_header, dump_config
+from lit_tuning.experiment.search_space import Candidates, SearchSpace
+from lit_tuning.experiment.strategies import decode_choice, trial_config
+from lit_tuning.files import atomic_write
+from lit_tuning.paths import CONFIGS_ROOT, DATA_ROOT, configs_dir, data_dir
+from lit_tuning.sweep.trial_record import curves_frame, trials_frame
 
-CONFIGS_ROOT = Path("results/tuning/configs")
 DEFAULT_TOP_K = 3
 
 
@@ -46,7 +47,7 @@ def write_results(
         atomic_write(table_dir / "trials.csv", trials_frame(study).to_csv(index=False)),
         atomic_write(table_dir / "curves.csv", curves_frame(study, space.metric).to_csv(index=False)),
     ]
-    config_dir = configs_root / study_slug(study.study_name)
+    config_dir = configs_dir(study.study_name, configs_root)
     ranked = ranked_trials(study)[:top_k]
     keep = set()
     for rank, trial in enumerate(ranked, start=1):

@@ -11,8 +11,8 @@ import optuna
 import sqlalchemy
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
-from lit_tuning.analysis import DEFAULT_STORAGE
-from lit_tuning.locking import file_lock
+from lit_tuning.files import file_lock
+from lit_tuning.paths import DEFAULT_STORAGE
 
 SUPPORTED_SCHEMES = ("sqlite", "postgresql")
 # A worker that misses heartbeats for this long is taken for dead: its trial is failed and retried.

@@ -9,13 +9,12 @@ import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
-from lit_tuning.search_space import ENUMERATED, SearchSpace, enumerate_trials
-from lit_tuning.strategies import encode_params, in_space, make_pruner, make_sampler
+from lit_tuning.experiment.search_space import ENUMERATED, SearchSpace, enumerate_trials
+from lit_tuning.experiment.strategies import encode_params, in_space, make_pruner, make_sampler
 from lit_tuning.sweep.storage import study_lock
+from lit_tuning.sweep.trial_record import INTERRUPTED
 
 # Trials that use up the budget: finished ones, running ones, and ones queued to run (retries, design points).
-BUDGETED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
-INTERRUPTED = "interrupted"  # the `reason` of a trial stopped by Ctrl-C: resumed, from its checkpoint, on re-run
 
 
 class StudyMismatchError(ValueError):

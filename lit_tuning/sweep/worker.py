@@ -18,11 +18,12 @@ import torch
 from optuna.storages import RDBStorage, fail_stale_trials
 from optuna.trial import TrialState
 
-from lit_tuning.search_space import ENUMERATED, SearchSpace
-from lit_tuning.strategies import make_sampler
+from lit_tuning.experiment.search_space import ENUMERATED, SearchSpace
+from lit_tuning.experiment.strategies import make_sampler
 from lit_tuning.sweep.objective import INTERRUPT_REQUESTED, Objective, TrialContext
 from lit_tuning.sweep.storage import study_lock
-from lit_tuning.sweep.study import BUDGETED, Budget, retried_numbers
+from lit_tuning.sweep.study import Budget, retried_numbers
+from lit_tuning.sweep.trial_record import BUDGETED
 
 log = logging.getLogger("lit_tuning.sweep")
 

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from lit_tuning.metrics import PRIMARY_METRIC
+from lit_tuning.paths import RUNS_ROOT
 from lit_tuning.tracking.verify import check_run, find_runs, format_table
 
 
@@ -15,9 +15,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lit_tuning.tracking", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     verify = commands.add_parser("verify", help="check that MLflow and W&B agree with each run's own metrics")
-    verify.add_argument("--runs-root", type=Path, default=Path("results/tuning/runs"), help="where run dirs are")
+    verify.add_argument("--runs-root", type=Path, default=RUNS_ROOT, help="where run dirs are")
     verify.add_argument("--study", default=None, help="only the trials of this study")
-    verify.add_argument("--metric", default=PRIMARY_METRIC, help="the final metric to compare")
+    verify.add_argument("--metric", default=None, help="final metric to compare (default: each run's own)")
     args = parser.parse_args(argv)
     runs = find_runs(args.runs_root, args.study)
     if not runs:

@@ -15,7 +15,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.utils.validation import MAX_METRICS_PER_BATCH, MAX_PARAM_VAL_LENGTH, MAX_PARAMS_TAGS_PER_BATCH
 
-from lit_tuning.locking import file_lock
+from lit_tuning.files import file_lock
 from lit_tuning.tracking.outcome import ERROR_TAG, MLFLOW_STATUS, STATE_TAG, Outcome
 
 TRUNCATED_SUFFIX = " …[truncated: full value in config.yaml]"

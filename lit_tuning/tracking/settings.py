@@ -7,6 +7,8 @@ import os
 from pathlib import Path
 from typing import Literal
 
+from lit_tuning.paths import RESULTS_ROOT
+
 WandbMode = Literal["offline", "online", "disabled"]
 TRACKING_RECORD = "tracking.json"  # in each run directory: where its MLflow and W&B runs are
 
@@ -30,7 +32,7 @@ class TrackingSettings:
         sampler: the study's sampler, recorded as a tag (set by the sweep driver).
     """
 
-    root: str = "results/tuning"
+    root: str = RESULTS_ROOT.as_posix()
     mlflow: bool = True
     mlflow_tracking_uri: str | None = None
     mlflow_experiment: str = "lit_tuning"

@@ -11,7 +11,6 @@ import pandas as pd
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from lit_tuning.metrics import PRIMARY_METRIC
 from lit_tuning.tracking.outcome import STATE_TAG
 from lit_tuning.tracking.settings import TRACKING_RECORD
 from lit_tuning.tracking.wandb_reader import read_wandb_run
@@ -41,9 +40,10 @@ def find_runs(runs_root: Path, study: str | None = None) -> list[Path]:
     return runs
 
 
-def check_run(run_dir: Path, metric: str = PRIMARY_METRIC) -> RunCheck:
-    """Compare a run's metrics.csv with its MLflow run and its W&B run file."""
+def check_run(run_dir: Path, metric: str | None = None) -> RunCheck:
+    """Compare a run's metrics.csv with its MLflow run and its W&B run file (metric: default, the run's own)."""
     record = json.loads((run_dir / TRACKING_RECORD).read_text())
+    metric = metric or record["metric"]
     check = RunCheck(run_dir=run_dir, name=record.get("run_name", run_dir.name))
     csv_path = run_dir / "metrics.csv"
     if csv_path.is_file():

@@ -13,10 +13,12 @@ import optuna
 import pandas as pd
 import yaml
 
+from lit_tuning.paths import BENCH_ROOT, DEFAULT_SEARCH_SPACE
+
 
 def bench_space(folder: Path, trials: int, steps: int) -> Path:
     """A random study of the default experiment with pruning off, so every run trains the same number of steps."""
-    document = yaml.safe_load(Path("configs/hyperparameters/search_spaces/default.yaml").read_text())
+    document = yaml.safe_load(DEFAULT_SEARCH_SPACE.read_text())
     document.update({"name": "bench", "strategy": "random", "n_trials": trials, "pruner": "none"})
     document["base"]["overrides"].update(
         {"trainer.max_steps": steps, "trainer.val_check_interval": steps, "trainer.enable_progress_bar": False}
@@ -51,7 +53,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--trials", type=int, default=4)
     parser.add_argument("--steps", type=int, default=200)
-    parser.add_argument("--out", type=Path, default=Path("results/tuning/bench"))
+    parser.add_argument("--out", type=Path, default=BENCH_ROOT)
     args = parser.parse_args(argv)
     root = Path(tempfile.mkdtemp(prefix="lit_tuning-bench-sweep-"))
     table = pd.DataFrame([run_study(n, trials=args.trials, steps=args.steps, root=root) for n in args.workers])

@@ -8,8 +8,8 @@ from typing import Any
 import optuna
 import yaml
 
-from lit_tuning.config import ConfigError, ResolvedConfig, apply_overrides, format_value
-from lit_tuning.search_space import (
+from lit_tuning.experiment.config import ConfigError, ResolvedConfig, apply_overrides, format_value
+from lit_tuning.experiment.search_space import (
     ENUMERATED,
     PRIMITIVES,
     PRUNERS,

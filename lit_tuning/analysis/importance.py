@@ -15,9 +15,11 @@ import optuna
 import pandas as pd
 import yaml
 
-from lit_tuning.analysis import PARAM_PREFIX, param_columns
-from lit_tuning.config import atomic_write, format_value, read_yaml
-from lit_tuning.search_space import Candidates, Range, SearchSpace, load_search_space, same_value
+from lit_tuning.experiment.config import format_value, read_yaml
+from lit_tuning.experiment.search_space import Candidates, Range, SearchSpace, load_search_space, same_value
+from lit_tuning.files import atomic_write
+from lit_tuning.paths import BASE_CONFIG
+from lit_tuning.sweep.trial_record import PARAM_PREFIX, param_columns
 
 MATTERS_SHARE = 0.15  # a parameter matters when even its low bootstrap importance is >= 15% of the total
 TOP_FRACTION = 0.25  # the narrowed space spans the best quarter of completed trials
@@ -158,7 +160,7 @@ def narrowed_space(
         "description": f"Narrowed from study {study!r} on {datetime.date.today().isoformat()} by lit_tuning.report.",
         **{k: document[k] for k in ("strategy", "n_trials", "seed", "objective", "pruner") if k in document},
         "base": {
-            "configs": list((document.get("base") or {}).get("configs") or ["configs/base.yaml"]),
+            "configs": list((document.get("base") or {}).get("configs") or [BASE_CONFIG]),
             "overrides": overrides,
         },
         "parameters": parameters,

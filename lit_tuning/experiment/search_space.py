@@ -14,7 +14,7 @@ from typing import Any, Literal
 import optuna
 from jsonargparse import Namespace
 
-from lit_tuning.config import (
+from lit_tuning.experiment.config import (
     ConfigError,
     Experiment,
     ResolvedConfig,
@@ -25,7 +25,8 @@ from lit_tuning.config import (
     plain,
     read_yaml,
 )
-from lit_tuning.metrics import get_metric, objective_metrics
+from lit_tuning.paths import BASE_CONFIG
+from lit_tuning.train.metrics import get_metric, objective_metrics
 
 STRATEGIES = ("grid", "oat", "random", "tpe", "gp", "cmaes")
 ENUMERATED = ("grid", "oat")  # strategies that run every point of a finite design, in a known order
@@ -172,7 +173,7 @@ def _load_base(path: str, spec: Any) -> ResolvedConfig:
     if not isinstance(spec, dict):
         raise SearchSpaceError(f"{path}: base = {spec!r}; allowed: a mapping with configs (list) and overrides")
     _check_fields(path, "base.", spec, ("configs", "overrides"))
-    files = spec.get("configs", ["configs/base.yaml"])
+    files = spec.get("configs", [BASE_CONFIG])
     overrides = spec.get("overrides", {}) or {}
     if not isinstance(files, list) or not files or not all(isinstance(item, str) for item in files):
         raise SearchSpaceError(f"{path}: base.configs = {files!r}; allowed: a non-empty list of config file paths")

@@ -14,6 +14,8 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pandas as pd
 
+from lit_tuning.paths import BASE_CONFIG, BENCH_ROOT
+
 VARIANTS = {
     "none": ["--tracking.mlflow", "false", "--tracking.wandb_mode", "disabled"],
     "mlflow": ["--tracking.mlflow", "true", "--tracking.wandb_mode", "disabled"],
@@ -52,11 +54,11 @@ def run_variant(name: str, *, repeat: int, steps: int, root: Path) -> dict:
     """Run the default fit with one tracking variant and return its timing."""
     run_name = f"{name}-{repeat}"
     command = [
-        sys.executable, "-m", "lit_tuning", "fit", "--config", "configs/base.yaml",
+        sys.executable, "-m", "lit_tuning", "fit", "--config", BASE_CONFIG,
         "--trainer.max_steps", str(steps), "--trainer.val_check_interval", str(steps // 2),
         "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(root / "runs"),
         "--tracking.root", str(root), "--run_name", run_name,
-        "--trainer.callbacks+=lit_tuning.bench_tracking.StepTimer", *VARIANTS[name],
+        "--trainer.callbacks+=lit_tuning.bench.tracking.StepTimer", *VARIANTS[name],
     ]  # fmt: skip
     subprocess.run(command, check=True, capture_output=True)
     timing = json.loads((root / "runs" / run_name / TIMING_FILE).read_text())
@@ -95,7 +97,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=Path("results/tuning/bench"))
+    parser.add_argument("--out", type=Path, default=BENCH_ROOT)
     parser.add_argument("--log-every", type=int, default=10, help="trainer.log_every_n_steps of the default fit")
     args = parser.parse_args(argv)
     stamp = time.strftime("%Y%m%d-%H%M%S")

@@ -14,15 +14,15 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger
 
-from lit_tuning.base_model import check_model_reference
-from lit_tuning.data import SpellingDataModule
-from lit_tuning.module import LoRAModule
+from lit_tuning.paths import RUNS_ROOT, SAFE_NAME
 from lit_tuning.tracking import TrackingCallback, TrackingSettings, build_trackers, close_open_trackers
+from lit_tuning.train.base_model import check_model_reference
+from lit_tuning.train.data import SpellingDataModule
+from lit_tuning.train.metrics import PRIMARY_METRIC
+from lit_tuning.train.module import LoRAModule
 
-DEFAULT_RUNS_ROOT = "results/tuning/runs"
 KEY_IN_ERROR = re.compile(r'Parser key "([^"]+)"|accept option \'([^\']+)\'|unrecognized arguments: --(\S+)')
 UNKNOWN_KEY = re.compile(r"accept option '([^']+)'|unrecognized arguments: --(\S+)")
-SAFE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
 
 
 class LitTuningParser(LightningArgumentParser):
@@ -72,7 +72,7 @@ class LitTuningCLI(LightningCLI):
         )
         parser.add_class_arguments(TrackingSettings, "tracking")
         parser.link_arguments("model.model_name_or_path", "data.model_name_or_path")
-        parser.set_defaults({"trainer.default_root_dir": DEFAULT_RUNS_ROOT})
+        parser.set_defaults({"trainer.default_root_dir": RUNS_ROOT.as_posix()})
 
     def before_instantiate_classes(self) -> None:
         """Refuse a model reference that cannot load or a run directory that exists, before anything is written."""
@@ -105,6 +105,7 @@ class LitTuningCLI(LightningCLI):
                 job_type=self.subcommand,
                 config=resolved,
                 accelerator=str(trainer_config.get("accelerator", "auto")),
+                metric=PRIMARY_METRIC,
             )
             kwargs.setdefault("logger", [CSVLogger(save_dir=str(self.run_dir), name="", version=""), *trackers])
         self.trainer_defaults["callbacks"] = [
@@ -211,7 +212,7 @@ def cli_main(args: ArgsType = None, run: bool = True, callbacks: Sequence[Callba
 
 
 def cli_kwargs() -> dict[str, Any]:
-    """Return the LightningCLI construction arguments of lit_tuning, shared with lit_tuning.config's parser."""
+    """Return the LightningCLI construction arguments of lit_tuning, shared with the experiment config parser."""
     return {
         "model_class": LoRAModule,
         "datamodule_class": SpellingDataModule,

@@ -17,7 +17,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from lit_tuning.analysis import PARAM_PREFIX, param_columns, pareto_mask, with_compute  # noqa: E402
+from lit_tuning.analysis.tables import pareto_mask, with_compute  # noqa: E402
+from lit_tuning.sweep.trial_record import PARAM_PREFIX, param_columns
 
 STATE_COLORS = {"COMPLETE": "#1f77b4", "PRUNED": "#ff7f0e", "FAIL": "#d62728", "RUNNING": "#7f7f7f"}
 BASELINE_STYLES = {

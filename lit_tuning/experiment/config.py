@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import os
 import re
-import tempfile
 from argparse import ArgumentError
 from pathlib import Path
 from typing import Any
@@ -14,12 +12,12 @@ from typing import Any
 import yaml
 from jsonargparse import Namespace
 
-from lit_tuning.base_model import check_model_reference
-from lit_tuning.cli import SAFE_NAME, LitTuningCLI, LitTuningParser, cli_kwargs
+from lit_tuning.files import atomic_write
+from lit_tuning.paths import BASE_CONFIG, UnsafeNameError
+from lit_tuning.paths import safe_name as _safe_name
+from lit_tuning.train.base_model import check_model_reference
+from lit_tuning.train.cli import LitTuningCLI, LitTuningParser, cli_kwargs
 
-BASE_CONFIG = "configs/base.yaml"
-UNSAFE_CHARACTERS = re.compile(r"[^A-Za-z0-9._-]+")
-MAX_NAME_LENGTH = 100
 # The one argument link of LitTuningCLI.add_arguments_to_parser: the tokenizer comes with the model.
 LINKED_KEYS = {"data.model_name_or_path": "model.model_name_or_path"}
 # PyYAML follows YAML 1.1, where 1e-4 is a string; learning rates are written that way, so read them as floats.
@@ -191,34 +189,12 @@ def composition_header(experiment: Experiment) -> str:
     return "\n".join(lines) + "\n"
 
 
-def atomic_write(path: str | Path, text: str) -> Path:
-    """Write text to path via a temporary file and a rename, so a failure never leaves a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(descriptor, "w") as handle:
-            handle.write(text)
-        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes files owner-only; results are meant to be shared
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def safe_name(name: str) -> str:
-    """Turn an experiment name into a file and run-directory name: no separators, spaces or leading dots."""
-    cleaned = UNSAFE_CHARACTERS.sub("_", name).strip("._-")[:MAX_NAME_LENGTH]
-    if not cleaned or not SAFE_NAME.fullmatch(cleaned):
-        raise ConfigError(f"experiment name {name!r} has no usable characters; allowed: letters, digits, '.', '_', '-'")
-    return cleaned
+    """Turn an experiment name into a file and run-directory name, or raise ConfigError naming it."""
+    try:
+        return _safe_name(name)
+    except UnsafeNameError as error:
+        raise ConfigError(f"experiment {error}") from None
 
 
 def _flatten(document: Any, prefix: str = "") -> dict[str, Any]:

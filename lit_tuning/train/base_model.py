@@ -19,9 +19,9 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from lit_tuning.batching import pad_right
-from lit_tuning.locking import file_lock
-from lit_tuning.words import ALPHABET, load_words, zipf_frequency
+from lit_tuning.files import file_lock
+from lit_tuning.train.batching import pad_right
+from lit_tuning.train.words import ALPHABET, load_words, zipf_frequency
 
 log = logging.getLogger(__name__)
 

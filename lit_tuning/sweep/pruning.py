@@ -7,7 +7,7 @@ import math
 import lightning.pytorch as pl
 import optuna
 
-from lit_tuning.metrics import PRIMARY_METRIC
+from lit_tuning.train.metrics import PRIMARY_METRIC
 
 
 class StepPruningCallback(pl.Callback):

@@ -17,30 +17,24 @@ import jinja2
 import optuna
 import pandas as pd
 
-from lit_tuning import visualization as viz
-from lit_tuning.analysis import (
-    DEFAULT_STORAGE,
-    curves_frame,
-    latest_study_name,
-    load_study,
+from lit_tuning.analysis import figures as viz
+from lit_tuning.analysis.importance import Recommendation, narrowed_space, param_importances, verdicts, write_space
+from lit_tuning.analysis.significance import confirm_comparisons, confirm_summary
+from lit_tuning.analysis.tables import (
     mlflow_baselines,
     mlflow_curves,
-    param_columns,
     pareto_mask,
     pruning_savings,
-    study_slug,
     study_summary,
-    trials_frame,
     with_compute,
 )
-from lit_tuning.config import atomic_write
-from lit_tuning.metrics import PRIMARY_METRIC, chance_accuracy
-from lit_tuning.recommend import Recommendation, narrowed_space, param_importances, verdicts, write_space
-from lit_tuning.search_space import SearchSpace, SearchSpaceError, load_search_space
-from lit_tuning.significance import confirm_comparisons, confirm_summary
+from lit_tuning.experiment.search_space import SearchSpace, SearchSpaceError, load_search_space
+from lit_tuning.files import atomic_write
+from lit_tuning.paths import DEFAULT_STORAGE, SPACES_DIR, study_slug
+from lit_tuning.paths import RESULTS_ROOT as ROOT
+from lit_tuning.sweep.trial_record import curves_frame, latest_study_name, load_study, param_columns, trials_frame
+from lit_tuning.train.metrics import PRIMARY_METRIC, chance_accuracy
 
-ROOT = Path("results/tuning")
-SPACES_DIR = Path("configs/hyperparameters/search_spaces")
 MLFLOW_UI = "http://127.0.0.1:5000"  # where `make mlflow-ui` serves
 TEMPLATE = "report.html.j2"
 
@@ -92,7 +86,7 @@ def baselines_for(trials: pd.DataFrame, space: SearchSpace | None) -> dict[str, 
     if found:
         return found
     if space is not None:
-        from lit_tuning.data import SpellingDataModule  # the word split only: no tokenizer or model is loaded
+        from lit_tuning.train.data import SpellingDataModule  # the word split only: no tokenizer or model is loaded
 
         data = space.resolved_base.to_dict()["data"]
         return SpellingDataModule(**data).baselines("val")
@@ -131,7 +125,7 @@ def embed_png(path: Path) -> str:
 
 def render(context: dict[str, Any]) -> str:
     """Render the HTML template beside this module; every value is HTML-escaped unless marked safe."""
-    text = importlib.resources.files("lit_tuning").joinpath(TEMPLATE).read_text(encoding="utf-8")
+    text = importlib.resources.files(__package__).joinpath(TEMPLATE).read_text(encoding="utf-8")
     environment = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
     environment.filters["num"] = _number
     return environment.from_string(text).render(**context)
@@ -207,7 +201,7 @@ def build_report(
     if space is not None and not verdict_table.empty:
         document, notes = narrowed_space(space, trials, verdict_table, study=name)
         next_space = spaces_dir / f"{slug}-next.yaml"
-        header = f"# Narrowed search space written by `python -m lit_tuning.report` from study {slug}.\n"
+        header = f"# Narrowed search space written by `python -m lit_tuning.analysis.report` from study {slug}.\n"
         write_space(document, next_space, header)
     recommended = _recommended(name, summary, confirmed, root / "configs" / slug)
     facts = {"summary": summary, "savings": savings, "baselines": baselines, "next_space": str(next_space or "")}
@@ -299,7 +293,7 @@ def build_comparison(study_names: list[str], *, storage: str = DEFAULT_STORAGE, 
 
 def main(argv: list[str] | None = None) -> int:
     """Command line: report one study (default: the most recent) or compare several."""
-    parser = argparse.ArgumentParser(prog="python -m lit_tuning.report", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m lit_tuning.analysis.report", description=__doc__)
     parser.add_argument("--study", help="study name (default: the study whose latest trial started last)")
     parser.add_argument("--compare", nargs="+", metavar="STUDY", help="write a comparison report of these studies")
     parser.add_argument("--storage", default=DEFAULT_STORAGE, help=f"Optuna storage URL (default {DEFAULT_STORAGE})")

@@ -1,120 +1,12 @@
-"""The two tidy tables every result is computed from: one row per trial, and one row per (trial, step, metric)."""
+"""Derived tables of a finished study for the report: compute and best-so-far, the summary, pruning savings, Pareto."""
 
 from __future__ import annotations
 
-import hashlib
-import re
-from pathlib import Path
-
-import optuna
 import pandas as pd
 
-from lit_tuning.metrics import PRIMARY_METRIC
-
-DEFAULT_STORAGE = "sqlite:///results/tuning/optuna.db"
-DATA_ROOT = Path("results/tuning/data")
-PARAM_PREFIX = "params_"  # Optuna's own trials_dataframe convention: params_<dotted key>
-# Per-trial facts the sweep records as Optuna user attributes (lit_tuning/sweep/objective.py).
-TRIAL_ATTRS = {
-    "steps": "Int64",  # optimizer steps run by this attempt's training (pruned trials stop early)
-    "tokens": "Int64",  # prompt tokens seen in training
-    "trainable_params": "Int64",
-    "total_params": "Int64",
-    "duration_s": "float64",
-    "reason": "string",  # why a trial was pruned or failed
-    "run_dir": "string",
-    "mlflow_run_id": "string",
-    "mlflow_tracking_uri": "string",
-    "worker": "string",
-    "device": "string",
-    "retry_of": "Int64",  # number of the killed/interrupted trial this one resumed
-    "resumed_from_step": "Int64",
-    "is_base_config": "boolean",  # the untuned base config, enqueued as the study's first trial
-}
-# A finished trial cannot be annotated after the fact: a FAIL with no recorded reason is one whose worker
-# stopped beating (every failure the worker sees itself is recorded with its reason).
-KILLED_REASON = "worker died during the trial (no heartbeat)"
-TRIAL_COLUMNS = ["study", "number", "state", "value", "datetime_start", "datetime_complete", *TRIAL_ATTRS]
-
-
-def load_study(study_name: str, storage: str = DEFAULT_STORAGE) -> optuna.Study:
-    """Open an existing study read-only in spirit (no sampler state is needed to read it)."""
-    return optuna.load_study(study_name=study_name, storage=storage)
-
-
-def latest_study_name(storage: str = DEFAULT_STORAGE) -> str:
-    """Return the name of the study whose newest trial started last; raise ValueError when there is none."""
-    summaries = [s for s in optuna.get_all_study_summaries(storage) if s.datetime_start is not None]
-    if not summaries:
-        raise ValueError(f"no study with trials in {storage}; run `make sweep` first")
-    return max(summaries, key=lambda summary: summary.datetime_start).study_name
-
-
-def trials_frame(study: optuna.Study) -> pd.DataFrame:
-    """One row per trial: number, state, value, one params_<key> column per parameter, and the recorded facts."""
-    rows = []
-    for trial in study.get_trials(deepcopy=False):
-        row = {
-            "study": study.study_name,
-            "number": trial.number,
-            "state": trial.state.name,
-            "value": trial.value,
-            "datetime_start": trial.datetime_start,
-            "datetime_complete": trial.datetime_complete,
-        }
-        row.update({name: trial.user_attrs.get(name) for name in TRIAL_ATTRS})
-        if trial.state == optuna.trial.TrialState.FAIL and not row["reason"]:
-            row["reason"] = KILLED_REASON
-        row.update({f"{PARAM_PREFIX}{key}": value for key, value in trial.params.items()})
-        rows.append(row)
-    frame = pd.DataFrame(rows, columns=TRIAL_COLUMNS if not rows else None)
-    for column in TRIAL_COLUMNS:
-        if column not in frame:
-            frame[column] = None
-    frame = frame.astype(TRIAL_ATTRS | {"number": "int64", "value": "float64"})
-    param_columns = sorted(column for column in frame.columns if column.startswith(PARAM_PREFIX))
-    return frame[TRIAL_COLUMNS + param_columns].sort_values("number", ignore_index=True)
-
-
-def param_columns(trials: pd.DataFrame) -> list[str]:
-    """Return the params_<key> columns of a trials table."""
-    return [column for column in trials.columns if column.startswith(PARAM_PREFIX)]
-
-
-def curves_frame(study: optuna.Study, metric: str = PRIMARY_METRIC) -> pd.DataFrame:
-    """One row per reported point: study, number, state, step, metric, value (the objective at each validation)."""
-    rows = [
-        {
-            "study": study.study_name,
-            "number": trial.number,
-            "state": trial.state.name,
-            "step": step,
-            "metric": metric,
-            "value": value,
-        }
-        for trial in study.get_trials(deepcopy=False)
-        for step, value in sorted(trial.intermediate_values.items())
-    ]
-    frame = pd.DataFrame(rows, columns=["study", "number", "state", "step", "metric", "value"])
-    return frame.astype({"number": "int64", "step": "int64", "value": "float64"})
-
-
-def study_slug(study_name: str) -> str:
-    """Return a file-name-safe form of a study name (any other character -> '_', plus a hash when changed)."""
-    slug = re.sub(r"[^A-Za-z0-9._-]", "_", study_name).lstrip(".") or "study"
-    if slug == study_name:
-        return slug
-    return f"{slug}-{hashlib.sha1(study_name.encode()).hexdigest()[:8]}"  # distinct names stay distinct
-
-
-def data_dir(study_name: str, root: Path = DATA_ROOT) -> Path:
-    """Return results/tuning/data/<study slug>/, where a study's tables are written."""
-    return root / study_slug(study_name)
-
+from lit_tuning.sweep.trial_record import FINISHED_STATES, PARAM_PREFIX, param_columns
 
 # Derived tables for the report: each is computed from the two tables above (and, for train curves, MLflow).
-
-FINISHED_STATES = ("COMPLETE", "PRUNED", "FAIL")
 
 
 def with_compute(trials: pd.DataFrame) -> pd.DataFrame:

@@ -1,4 +1,4 @@
-"""The seed's experiment generator: `python -m lit_tuning.experiments --mode single|grid|sweep` writes configs."""
+"""The original task's experiment generator (`python -m lit_tuning.experiment --mode single|grid|sweep`)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from lit_tuning.config import (
+from lit_tuning.experiment.config import (
     ConfigError,
     ResolvedConfig,
     atomic_write,
@@ -18,17 +18,17 @@ from lit_tuning.config import (
     dump_config,
     safe_name,
 )
-from lit_tuning.search_space import SearchSpace, SearchSpaceError, load_search_space
-from lit_tuning.strategies import design, trial_config
-from lit_tuning.wandb_sweep import (
+from lit_tuning.experiment.search_space import SearchSpace, SearchSpaceError, load_search_space
+from lit_tuning.experiment.strategies import design, trial_config
+from lit_tuning.experiment.wandb_export import (
     SweepExportError,
     check_command,
     create_sweep,
     sweep_config,
     validate_sweep_config,
 )
+from lit_tuning.paths import SEED_GRID_SPACE as DEFAULT_SEARCH_SPACE
 
-DEFAULT_SEARCH_SPACE = "configs/hyperparameters/search_spaces/seed_grid.yaml"
 DEFAULT_OUT_DIR = "configs/hyperparameters/experiments"  # git-ignored: generated files never enter the tree
 DEFAULT_PROJECT = "lit_tuning"
 
@@ -36,7 +36,7 @@ DEFAULT_PROJECT = "lit_tuning"
 def parse_cli(argv: list[str] | None) -> argparse.Namespace:
     """Parse the generator's command line."""
     parser = argparse.ArgumentParser(
-        prog="python -m lit_tuning.experiments",
+        prog="python -m lit_tuning.experiment",
         description="Write experiment configs (single, grid/oat) or a W&B sweep config from a search space.",
     )
     parser.add_argument("--mode", choices=["single", "grid", "sweep"], default="single", help="what to write")

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from lit_tuning.analysis import DEFAULT_STORAGE, study_slug
-from lit_tuning.config import atomic_write
-from lit_tuning.metrics import PRIMARY_METRIC
-from lit_tuning.report import ROOT, ReportError, open_study, study_space
-from lit_tuning.significance import BASE_LABEL
+from lit_tuning.analysis.report import ROOT, ReportError, open_study, study_space
+from lit_tuning.analysis.significance import BASE_LABEL
+from lit_tuning.files import atomic_write
+from lit_tuning.paths import BASE_CONFIG, DEFAULT_STORAGE, study_slug
+from lit_tuning.train.metrics import PRIMARY_METRIC
 
 CONFIRM_COLUMNS = ["config", "seed", "value", "run_dir"]
 
@@ -44,7 +44,7 @@ def plan(study_name: str, *, storage: str, root: Path, top_k: int, seeds: int) -
             f"study {study_name!r}: user attribute search_space = {study.user_attrs.get('search_space')!r} is not a "
             "readable search-space file; allowed: the path the sweep recorded"
         )
-    configs = [(path.stem, ("--config", "configs/base.yaml", "--config", str(path))) for path in ranked]
+    configs = [(path.stem, ("--config", BASE_CONFIG, "--config", str(path))) for path in ranked]
     configs.append((BASE_LABEL, tuple(space.base.cli_args())))
     return [Job(label, args, seed) for label, args in configs for seed in range(seeds)]
 
@@ -102,7 +102,7 @@ def run_jobs(
 
 def main(argv: list[str] | None = None) -> int:
     """Command line: plan and run the re-runs of one study (default: the most recent)."""
-    parser = argparse.ArgumentParser(prog="python -m lit_tuning.confirm", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m lit_tuning.analysis.confirm", description=__doc__)
     parser.add_argument("--study", help="study name (default: the study whose latest trial started last)")
     parser.add_argument("--storage", default=DEFAULT_STORAGE, help=f"Optuna storage URL (default {DEFAULT_STORAGE})")
     parser.add_argument("--root", type=Path, default=ROOT, help=f"results root (default {ROOT})")

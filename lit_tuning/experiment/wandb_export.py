@@ -10,9 +10,16 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from lit_tuning.config import ConfigError, override_arg, parse_args, plain
-from lit_tuning.search_space import ENUMERATED, Candidates, Range, SearchSpace, SearchSpaceError, enumerate_trials
-from lit_tuning.strategies import sample_trial
+from lit_tuning.experiment.config import ConfigError, override_arg, parse_args, plain
+from lit_tuning.experiment.search_space import (
+    ENUMERATED,
+    Candidates,
+    Range,
+    SearchSpace,
+    SearchSpaceError,
+    enumerate_trials,
+)
+from lit_tuning.experiment.strategies import sample_trial
 
 METHODS = {"grid": "grid", "oat": "grid", "random": "random", "tpe": "bayes", "gp": "bayes", "cmaes": "bayes"}
 # Each trial logs through lit_tuning's own trackers with W&B online; under `wandb agent` it joins the sweep's run.

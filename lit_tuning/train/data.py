@@ -13,10 +13,10 @@ from jsonargparse.typing import ClosedUnitInterval, NonNegativeInt, PositiveInt
 from torch.utils.data import DataLoader, Dataset
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from lit_tuning.base_model import resolve_model_path
-from lit_tuning.batching import pad_right
-from lit_tuning.metrics import best_constant_per_position_accuracy, chance_accuracy
-from lit_tuning.words import ALPHABET, load_words
+from lit_tuning.train.base_model import resolve_model_path
+from lit_tuning.train.batching import pad_right
+from lit_tuning.train.metrics import best_constant_per_position_accuracy, chance_accuracy
+from lit_tuning.train.words import ALPHABET, load_words
 
 DEFAULT_PROMPT = "What is letter {position} of {word}? Answer:"
 

@@ -17,8 +17,8 @@ from jsonargparse.typing import NonNegativeFloat, NonNegativeInt, PositiveFloat,
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM
 
-from lit_tuning.base_model import resolve_model_path
-from lit_tuning.metrics import answer_accuracy_counts
+from lit_tuning.train.base_model import resolve_model_path
+from lit_tuning.train.metrics import answer_accuracy_counts
 
 Dropout = restricted_number_type("Dropout", float, [(">=", 0), ("<", 1)], join="and")
 TorchDtype = Literal["auto", "float32", "bfloat16", "float16"]

@@ -9,7 +9,7 @@ from typing import Literal
 
 import torch
 
-from lit_tuning.words import ALPHABET
+from lit_tuning.train.words import ALPHABET
 
 Direction = Literal["maximize", "minimize"]
 

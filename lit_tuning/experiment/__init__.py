@@ -1,0 +1,1 @@
+"""Experiment configs and search spaces: composed and checked with fit's own parser, mapped onto Optuna."""

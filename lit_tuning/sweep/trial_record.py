@@ -1,0 +1,123 @@
+"""The trial record: what the sweep writes on each Optuna trial, and the two tidy tables every reader builds from it.
+
+The sweep (the writer) and the analysis layer (the readers) both import this module, so an attribute's name, type
+and meaning, a state's grouping and a reason's wording have one owner.
+"""
+
+from __future__ import annotations
+
+import optuna
+import pandas as pd
+from optuna.trial import TrialState
+
+from lit_tuning.paths import DEFAULT_STORAGE
+from lit_tuning.train.metrics import PRIMARY_METRIC
+
+PARAM_PREFIX = "params_"  # Optuna's own trials_dataframe convention: params_<dotted key>
+# Per-trial facts the sweep records as Optuna user attributes (lit_tuning/sweep/objective.py).
+TRIAL_ATTRS = {
+    "steps": "Int64",  # optimizer steps run by this attempt's training (pruned trials stop early)
+    "tokens": "Int64",  # prompt tokens seen in training
+    "trainable_params": "Int64",
+    "total_params": "Int64",
+    "duration_s": "float64",
+    "reason": "string",  # why a trial was pruned or failed
+    "run_dir": "string",
+    "mlflow_run_id": "string",
+    "mlflow_tracking_uri": "string",
+    "worker": "string",
+    "device": "string",
+    "retry_of": "Int64",  # number of the killed/interrupted trial this one resumed
+    "resumed_from_step": "Int64",
+    "is_base_config": "boolean",  # the untuned base config, enqueued as the study's first trial
+}
+# A finished trial cannot be annotated after the fact: a FAIL with no recorded reason is one whose worker
+# stopped beating (every failure the worker sees itself is recorded with its reason).
+KILLED_REASON = "worker died during the trial (no heartbeat)"
+TRIAL_COLUMNS = ["study", "number", "state", "value", "datetime_start", "datetime_complete", *TRIAL_ATTRS]
+
+
+def load_study(study_name: str, storage: str = DEFAULT_STORAGE) -> optuna.Study:
+    """Open an existing study read-only in spirit (no sampler state is needed to read it)."""
+    return optuna.load_study(study_name=study_name, storage=storage)
+
+
+def latest_study_name(storage: str = DEFAULT_STORAGE) -> str:
+    """Return the name of the study whose newest trial started last; raise ValueError when there is none."""
+    summaries = [s for s in optuna.get_all_study_summaries(storage) if s.datetime_start is not None]
+    if not summaries:
+        raise ValueError(f"no study with trials in {storage}; run `make sweep` first")
+    return max(summaries, key=lambda summary: summary.datetime_start).study_name
+
+
+def trials_frame(study: optuna.Study) -> pd.DataFrame:
+    """One row per trial: number, state, value, one params_<key> column per parameter, and the recorded facts."""
+    rows = []
+    for trial in study.get_trials(deepcopy=False):
+        row = {
+            "study": study.study_name,
+            "number": trial.number,
+            "state": trial.state.name,
+            "value": trial.value,
+            "datetime_start": trial.datetime_start,
+            "datetime_complete": trial.datetime_complete,
+        }
+        row.update({name: trial.user_attrs.get(name) for name in TRIAL_ATTRS})
+        if trial.state == optuna.trial.TrialState.FAIL and not row["reason"]:
+            row["reason"] = KILLED_REASON
+        row.update({f"{PARAM_PREFIX}{key}": value for key, value in trial.params.items()})
+        rows.append(row)
+    frame = pd.DataFrame(rows, columns=TRIAL_COLUMNS if not rows else None)
+    for column in TRIAL_COLUMNS:
+        if column not in frame:
+            frame[column] = None
+    frame = frame.astype(TRIAL_ATTRS | {"number": "int64", "value": "float64"})
+    param_columns = sorted(column for column in frame.columns if column.startswith(PARAM_PREFIX))
+    return frame[TRIAL_COLUMNS + param_columns].sort_values("number", ignore_index=True)
+
+
+def param_columns(trials: pd.DataFrame) -> list[str]:
+    """Return the params_<key> columns of a trials table."""
+    return [column for column in trials.columns if column.startswith(PARAM_PREFIX)]
+
+
+def curves_frame(study: optuna.Study, metric: str = PRIMARY_METRIC) -> pd.DataFrame:
+    """One row per reported point: study, number, state, step, metric, value (the objective at each validation)."""
+    rows = [
+        {
+            "study": study.study_name,
+            "number": trial.number,
+            "state": trial.state.name,
+            "step": step,
+            "metric": metric,
+            "value": value,
+        }
+        for trial in study.get_trials(deepcopy=False)
+        for step, value in sorted(trial.intermediate_values.items())
+    ]
+    frame = pd.DataFrame(rows, columns=["study", "number", "state", "step", "metric", "value"])
+    return frame.astype({"number": "int64", "step": "int64", "value": "float64"})
+
+
+INTERRUPTED = "interrupted"  # the `reason` of a trial stopped by Ctrl-C: resumed, from its checkpoint, on re-run
+# States that count against a study's budget: finished for good, or being (or about to be) run.
+BUDGETED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
+FINISHED_STATES = ("COMPLETE", "PRUNED", "FAIL")  # a trial that will not run again (a FAIL may be retried as a new one)
+STATE_ORDER = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
+
+
+def count_states(trials: pd.DataFrame) -> dict[str, int]:
+    """Trials per state name, every state of STATE_ORDER present (0 when none)."""
+    counts = trials["state"].value_counts()
+    return {state: int(counts.get(state, 0)) for state in STATE_ORDER}
+
+
+def ascending(direction: optuna.study.StudyDirection | str) -> bool:
+    """True when lower values are better (a minimised study): the one place a ranking reads the direction."""
+    name = direction.name if isinstance(direction, optuna.study.StudyDirection) else str(direction).upper()
+    return name == "MINIMIZE"
+
+
+def study_direction(study: optuna.Study) -> str:
+    """'maximize' or 'minimize': the direction a study's trials table is ranked by."""
+    return "minimize" if ascending(study.direction) else "maximize"
