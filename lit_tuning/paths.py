@@ -7,6 +7,8 @@ import os
 import re
 from pathlib import Path
 
+import sqlalchemy
+
 # Everything lit_tuning writes lives under one root, relative to the working directory (the repo checkout) unless
 # LIT_TUNING_RESULTS points elsewhere; each path below is derived from it, never spelled out again.
 RESULTS_ROOT = Path(os.environ.get("LIT_TUNING_RESULTS", "results/tuning"))
@@ -24,6 +26,15 @@ SEED_GRID_SPACE = SPACES_DIR / "seed_grid.yaml"  # the original task's one-at-a-
 SAFE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")  # a run or experiment name usable as a folder name
 UNSAFE_CHARACTERS = re.compile(r"[^A-Za-z0-9._-]+")
 MAX_NAME_LENGTH = 100
+
+
+def sqlite_file(url: str) -> Path | None:
+    """Return the database file of an sqlite:/// URL (Optuna or MLflow store), else None; raise ValueError if no URL."""
+    try:
+        parsed = sqlalchemy.engine.make_url(url)
+    except sqlalchemy.exc.ArgumentError as error:
+        raise ValueError(f"{url!r} is not a database URL") from error
+    return Path(parsed.database) if parsed.get_backend_name() == "sqlite" and parsed.database else None
 
 
 class UnsafeNameError(ValueError):

@@ -30,7 +30,7 @@ from lit_tuning.analysis.tables import (
 )
 from lit_tuning.experiment.search_space import SearchSpace, SearchSpaceError, load_search_space
 from lit_tuning.files import atomic_write
-from lit_tuning.paths import DEFAULT_STORAGE, SPACES_DIR, study_slug
+from lit_tuning.paths import DEFAULT_STORAGE, SPACES_DIR, sqlite_file, study_slug
 from lit_tuning.paths import RESULTS_ROOT as ROOT
 from lit_tuning.sweep.trial_record import curves_frame, latest_study_name, load_study, param_columns, trials_frame
 from lit_tuning.train.metrics import PRIMARY_METRIC, chance_accuracy
@@ -55,8 +55,12 @@ class ReportPaths:
 
 def open_study(study_name: str | None, storage: str) -> optuna.Study:
     """Load the named study (or the most recent one), refusing a missing SQLite file instead of creating it."""
-    if storage.startswith("sqlite:///") and not Path(storage.removeprefix("sqlite:///")).is_file():
-        raise ReportError(f"Optuna storage {storage}: file {storage.removeprefix('sqlite:///')} does not exist")
+    try:
+        database = sqlite_file(storage)
+    except ValueError as error:
+        raise ReportError(f"--storage {error}; allowed: sqlite:///path/to/file.db or postgresql://...") from None
+    if database is not None and not database.is_file():
+        raise ReportError(f"Optuna storage {storage}: file {database} does not exist")
     names = sorted(summary.study_name for summary in optuna.get_all_study_summaries(storage))
     if study_name is None:
         try:

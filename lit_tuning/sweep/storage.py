@@ -5,14 +5,13 @@ from __future__ import annotations
 import contextlib
 import hashlib
 from collections.abc import Iterator
-from pathlib import Path
 
 import optuna
 import sqlalchemy
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
 from lit_tuning.files import file_lock
-from lit_tuning.paths import DEFAULT_STORAGE
+from lit_tuning.paths import DEFAULT_STORAGE, sqlite_file
 
 SUPPORTED_SCHEMES = ("sqlite", "postgresql")
 # A worker that misses heartbeats for this long is taken for dead: its trial is failed and retried.
@@ -29,12 +28,6 @@ def scheme(url: str) -> str:
     return sqlalchemy.engine.make_url(url).get_backend_name()
 
 
-def sqlite_path(url: str) -> Path | None:
-    """Return the database file of an sqlite:/// URL, else None."""
-    parsed = sqlalchemy.engine.make_url(url)
-    return Path(parsed.database) if parsed.get_backend_name() == "sqlite" and parsed.database else None
-
-
 def open_storage(url: str = DEFAULT_STORAGE, heartbeat_s: int = DEFAULT_HEARTBEAT_S) -> RDBStorage:
     """Open (creating tables if needed) the RDB storage with heartbeats and retry of trials whose worker died."""
     try:
@@ -44,7 +37,7 @@ def open_storage(url: str = DEFAULT_STORAGE, heartbeat_s: int = DEFAULT_HEARTBEA
     if kind not in SUPPORTED_SCHEMES:
         raise StorageError(f"--storage {url!r} uses {kind!r}; allowed: {_allowed()}")
     engine_kwargs: dict = {"pool_pre_ping": True}
-    database = sqlite_path(url)
+    database = sqlite_file(url)
     if database is not None:
         database.parent.mkdir(parents=True, exist_ok=True)
         # Several workers write one file: wait for the lock instead of failing with "database is locked".
@@ -74,7 +67,7 @@ def study_lock(storage: RDBStorage, study_name: str) -> Iterator[None]:
     Without it two workers can both see "23 of 24" and start trial 25 (Optuna's MaxTrialsCallback has this race).
     SQLite: a file lock beside the database; PostgreSQL: an advisory lock in the database itself.
     """
-    database = sqlite_path(storage.url)
+    database = sqlite_file(storage.url)
     if database is not None:
         with file_lock(database.with_name(database.name + ".lock")):
             yield

@@ -16,6 +16,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.utils.validation import MAX_METRICS_PER_BATCH, MAX_PARAM_VAL_LENGTH, MAX_PARAMS_TAGS_PER_BATCH
 
 from lit_tuning.files import file_lock
+from lit_tuning.paths import sqlite_file
 from lit_tuning.tracking.outcome import ERROR_TAG, MLFLOW_STATUS, STATE_TAG, Outcome
 
 TRUNCATED_SUFFIX = " …[truncated: full value in config.yaml]"
@@ -26,10 +27,10 @@ STUDY_PARENT_TAG = "lit_tuning.study_parent"
 @contextlib.contextmanager
 def store_setup_lock(tracking_uri: str) -> Iterator[None]:
     """Serialize the first use of a local SQLite store: two processes creating it at once race in its migration."""
-    if not tracking_uri.startswith("sqlite:///"):
+    database = sqlite_file(tracking_uri) if "://" in tracking_uri else None  # a server URL or a local store
+    if database is None:
         yield
         return
-    database = Path(tracking_uri.removeprefix("sqlite:///"))
     with file_lock(database.with_name(database.name + ".lock")):
         yield
 
