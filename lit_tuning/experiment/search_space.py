@@ -48,7 +48,7 @@ class SearchSpaceError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Candidates:
-    """Discrete values of one parameter (the seed's HPARAM_CANDIDATES), normalized by the fit parser."""
+    """Discrete values of one parameter (the original task's HPARAM_CANDIDATES), normalized by the fit parser."""
 
     values: tuple[Any, ...]
 
@@ -63,7 +63,7 @@ class Candidates:
 
 @dataclasses.dataclass(frozen=True)
 class Range:
-    """A numeric interval (the seed's HPARAM_RANGE): low..high inclusive, optionally log-scaled or stepped."""
+    """A numeric interval (the original task's HPARAM_RANGE): low..high inclusive, optionally log-scaled or stepped."""
 
     low: int | float
     high: int | float
