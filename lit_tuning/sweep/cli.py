@@ -44,6 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--mlflow-uri", help="MLflow store or server for every trial (the scale-out path)")
     run.add_argument("--top-k", type=int, default=DEFAULT_TOP_K, help="configs written besides best.yaml")
     run.add_argument("--max-failures", type=int, help="stop after this many failed trials (default: the budget)")
+    run.add_argument(
+        "--continue-changed-space",
+        action="store_true",
+        help="continue an existing study although its search space's ranges or base were edited since",
+    )
     run.add_argument("fit_args", nargs=argparse.REMAINDER, help="after --: extra `fit` arguments for every trial")
     status = commands.add_parser("status", help="print the trials table of a running or finished study")
     status.add_argument("--study", help="study name (default: the most recent study in the storage)")
@@ -116,7 +121,7 @@ def run_sweep(options: argparse.Namespace) -> int:
     if options.top_k < 1:
         raise ConfigError(f"--top-k {options.top_k}; allowed: an integer >= 1")
     storage = open_storage(options.storage, options.heartbeat)
-    study = open_study(space, name, storage, budget)
+    study = open_study(space, name, storage, budget, accept_changed_space=options.continue_changed_space)
     deadline = time.time() + options.timeout if options.timeout else None
     fit_args = [f"--tracking.root={options.results_root}", *options.fit_args]  # the user's own args win
     if options.mlflow_uri:

@@ -14,6 +14,7 @@ from types import FrameType
 
 import optuna
 from optuna.storages import fail_stale_trials
+from optuna.trial import TrialState
 
 from lit_tuning.experiment.search_space import SearchSpace
 from lit_tuning.paths import study_slug
@@ -22,6 +23,7 @@ from lit_tuning.sweep.devices import WorkerPlan
 from lit_tuning.sweep.progress import count, progress_line
 from lit_tuning.sweep.results import write_results
 from lit_tuning.sweep.study import is_done, requeue_interrupted
+from lit_tuning.sweep.trial_record import record_killed_reason, trials_frame
 from lit_tuning.tracking.mlflow_tracker import prepare_study
 from lit_tuning.tracking.settings import TrackingSettings
 from lit_tuning.train.base_model import resolve_model_path
@@ -103,7 +105,11 @@ class SweepDriver:
             return 130
         done = is_done(self.run.study, self.run.budget)
         self.finish(done=done)
-        return 0
+        if done or (self.run.deadline is not None and time.time() >= self.run.deadline):
+            return 0  # finished, or stopped by --timeout as asked (a re-run continues)
+        summary = failure_summary(self.run.study)
+        print(f"error: study {self.study_name!r} stopped before its budget: {summary}", file=sys.stderr)
+        return 1
 
     def supervise(self) -> bool:
         """Replace workers that died; return False once nothing is left to run here."""
@@ -117,6 +123,7 @@ class SweepDriver:
                 alive = True
             elif code not in (0, 130):
                 log.warning("%s exited with %s (log: %s)", plan.name, code, self.log_path(plan))
+                self.record_death(plan, process)
                 del self.workers[plan.index]
                 if self.respawns < self.max_respawns:  # its trial is retried once its heartbeat is stale
                     self.respawns += 1
@@ -127,6 +134,15 @@ class SweepDriver:
         if alive:
             return True
         return self.restart_if_work_left()
+
+    def record_death(self, plan: WorkerPlan, process: subprocess.Popen) -> None:
+        """Keep why a dead worker's trial stopped: Optuna fails it later, by heartbeat, with no reason of its own."""
+        code = process.returncode
+        how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
+        for trial in self.run.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if trial.user_attrs.get("worker_pid") == process.pid:
+                reason = f"{plan.name} (pid {process.pid}) {how} during the trial; log: {self.log_path(plan)}"
+                record_killed_reason(self.run.study, trial.number, reason)
 
     def restart_if_work_left(self) -> bool:
         """With every worker gone: retry stale trials, wait for trials running elsewhere, or end."""
@@ -215,6 +231,16 @@ class SweepDriver:
             )
         for path in written:
             print(f"  wrote {path}")
+
+
+def failure_summary(study: optuna.Study, shown: int = 3) -> str:
+    """How many trials failed and their most common reasons, e.g. for a study in which every trial failed."""
+    trials = trials_frame(study)
+    failed = trials[trials["state"] == "FAIL"]
+    finished = int(trials["state"].isin(("COMPLETE", "PRUNED")).sum())
+    reasons = failed["reason"].fillna("").replace("", "no reason recorded").value_counts().head(shown)
+    listed = "; ".join(f"{count} x {reason.splitlines()[0][:200]}" for reason, count in reasons.items())
+    return f"{len(failed)} trial(s) failed, {finished} finished" + (f"; reasons: {listed}" if listed else "")
 
 
 def install_stop_handler() -> None:

@@ -1,0 +1,113 @@
+"""Faults the sweep must survive: killed trials' reasons, truncated checkpoints, edited spaces, failed studies."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+import yaml
+from optuna.storages import RetryHeartbeatStaleTrialCallback
+from optuna.trial import TrialState
+from sweep_helpers import write_space
+
+from lit_tuning.experiment.search_space import load_search_space
+from lit_tuning.sweep.cli import main
+from lit_tuning.sweep.driver import failure_summary
+from lit_tuning.sweep.objective import Objective, TrialContext, trial_dir
+from lit_tuning.sweep.storage import open_storage
+from lit_tuning.sweep.study import StudyMismatchError, open_study
+from lit_tuning.sweep.trial_record import KILLED_REASON, record_killed_reason, trials_frame
+
+
+def killed_and_retried(tmp_path: Path, *, retries: int = 1) -> tuple[optuna.Study, Objective, optuna.Trial]:
+    """A study whose trial 0 was killed `retries` times (FAIL + queued retry, as a stale heartbeat does); the
+    last retry is popped and returned as the running trial, with an Objective over tmp_path/runs."""
+    space = load_search_space(write_space(tmp_path, "s"))
+    storage = open_storage(f"sqlite:///{tmp_path / 'o.db'}")
+    study = open_study(space, "s", storage, 4)
+    trial = study.ask()
+    for _ in range(retries):
+        study.tell(trial, state=TrialState.FAIL)  # no reason: what a killed worker leaves
+        RetryHeartbeatStaleTrialCallback(max_retry=2)(study, study.trials[trial.number])
+        trial = study.ask()
+    context = TrialContext(space=space, study_name="s", runs_root=tmp_path / "runs")
+    return study, Objective(context), trial
+
+
+def test_a_truncated_checkpoint_restarts_the_retry_from_scratch_and_says_so(tmp_path):
+    study, objective, retry = killed_and_retried(tmp_path)
+    checkpoint = trial_dir(tmp_path / "runs", "s", 0) / "checkpoints" / "last.ckpt"
+    checkpoint.parent.mkdir(parents=True)
+    torch.save({"global_step": 20, "state_dict": {"w": torch.zeros(1000)}}, checkpoint)
+    assert objective.resume_point(retry) == (0, checkpoint, None)
+    checkpoint.write_bytes(checkpoint.read_bytes()[:300])  # what a kill during the save leaves
+    retry_of, resume_from, note = objective.resume_point(retry)
+    assert (retry_of, resume_from) == (0, None)
+    assert str(checkpoint) in note and "unreadable" in note and "restarted from step 0" in note
+
+
+def test_an_older_readable_checkpoint_is_used_when_the_newest_is_truncated(tmp_path):
+    study, objective, retry = killed_and_retried(tmp_path, retries=2)
+    older, newer = (trial_dir(tmp_path / "runs", "s", n) / "checkpoints" / "last.ckpt" for n in (0, 1))
+    for path, step in ((older, 10), (newer, 20)):
+        path.parent.mkdir(parents=True)
+        torch.save({"global_step": step}, path)
+    newer.write_bytes(b"")
+    retry_of, resume_from, note = objective.resume_point(retry)
+    assert (retry_of, resume_from) == (0, older)
+    assert f"resumed from {older} instead" in note
+
+
+def test_a_killed_trials_reason_survives_optuna_failing_it_and_a_given_up_trial_says_so(tmp_path):
+    study, _, retry = killed_and_retried(tmp_path)
+    record_killed_reason(study, 0, "worker-1 (pid 7) killed by SIGKILL during the trial; log: w.log")
+    study.tell(retry, state=TrialState.FAIL)  # the retry died too, and the storage left it without a retry
+    table = trials_frame(study).set_index("number")
+    assert table.loc[0, "reason"] == "worker-1 (pid 7) killed by SIGKILL during the trial; log: w.log"
+    assert table.loc[1, "reason"] == f"{KILLED_REASON}; given up after 2 attempts (retry limit)"
+
+
+def test_a_study_in_which_every_trial_failed_is_summarised_with_its_reasons():
+    study = optuna.create_study()
+    for reason in ("RuntimeError: fit exited with code 1", "RuntimeError: fit exited with code 1", "out of memory"):
+        trial = study.ask()
+        trial.set_user_attr("reason", reason)
+        study.tell(trial, state=TrialState.FAIL)
+    summary = failure_summary(study)
+    assert summary == (
+        "3 trial(s) failed, 0 finished; reasons: 2 x RuntimeError: fit exited with code 1; 1 x out of memory"
+    )
+
+
+def edited(space: Path, **parameters: dict) -> Path:
+    """Rewrite a space file with other parameter definitions (the same name: the same study)."""
+    document = yaml.safe_load(space.read_text())
+    document["parameters"] = parameters
+    space.write_text(yaml.safe_dump(document, sort_keys=False))
+    return space
+
+
+def test_an_edited_space_is_refused_with_what_changed_unless_asked_to_continue(tmp_path, capsys):
+    storage = f"sqlite:///{tmp_path / 'o.db'}"
+    space = write_space(tmp_path, "s")
+    open_study(load_search_space(space), "s", open_storage(storage), 4)
+    edited(space, **{"model.learning_rate": {"low": 1.0e-3, "high": 3.0e-2, "log": True}})
+    args = [f"--search-space={space}", f"--storage={storage}", f"--results-root={tmp_path}", "--n-trials=4"]
+    assert main(args) == 2
+    message = capsys.readouterr().err
+    assert "study 's' was started from another version of" in message and "--continue-changed-space" in message
+    assert (
+        "parameter model.learning_rate: stored float in [0.0001, 0.03], log scale, "
+        "given float in [0.001, 0.03], log scale"
+    ) in message
+    assert not (tmp_path / "runs").exists()
+    learning_rate = {"low": 1.0e-4, "high": 3.0e-2, "log": True}
+    edited(space, **{"model.learning_rate": learning_rate, "model.lora_r": {"candidates": [4, 8]}})
+    with pytest.raises(StudyMismatchError, match="parameter model.lora_r: stored none, given one of"):
+        open_study(load_search_space(space), "s", open_storage(storage), 4)
+    study = open_study(load_search_space(space), "s", open_storage(storage), 4, accept_changed_space=True)
+    assert "continues under a changed space: parameter model.lora_r" in capsys.readouterr().out
+    assert study.user_attrs["space_definition"]["parameter model.lora_r"] == "one of [4, 8]"
+    open_study(load_search_space(space), "s", open_storage(storage), 4)  # the new definition is now the study's
