@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import optuna
@@ -10,7 +13,7 @@ import torch
 import yaml
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
-from sweep_helpers import write_space
+from sweep_helpers import ROOT, write_space
 
 from lit_tuning.experiment.search_space import load_search_space
 from lit_tuning.sweep.cli import main
@@ -111,3 +114,18 @@ def test_an_edited_space_is_refused_with_what_changed_unless_asked_to_continue(t
     assert "continues under a changed space: parameter model.lora_r" in capsys.readouterr().out
     assert study.user_attrs["space_definition"]["parameter model.lora_r"] == "one of [4, 8]"
     open_study(load_search_space(space), "s", open_storage(storage), 4)  # the new definition is now the study's
+
+
+@pytest.mark.slow
+def test_chaos_harness_kills_a_study_three_times_and_nothing_is_lost(tmp_path, model_cache):
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "lit_tuning.bench.chaos", "--kills=3", "--trials=2", "--steps=30",
+               f"--out={out}", f"--work={tmp_path / 'work'}", "--seed=1"]  # fmt: skip
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=1500)
+    figures = json.loads((out / "chaos.json").read_text())
+    assert figures["kills"] == 3 and figures["kill_log"][0]["point"] == "startup", figures["kill_log"]
+    assert figures["failed_attempts"] >= 1  # a worker or the driver was killed mid-trial at least once
+    assert figures["finished"] == figures["budget"] == 2
+    assert figures["steps_minimum"] == 2 * 30 and figures["steps_computed"] >= figures["steps_minimum"]
+    assert all(figures["checks"].values()), figures["checks"]
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
