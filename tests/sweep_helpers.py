@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import optuna
+import pytest
+import sqlalchemy
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,11 +64,31 @@ def sweep_command(space: Path, root: Path, storage: str, *extra: str) -> list[st
     ]
 
 
-def run_sweep(space: Path, root: Path, storage: str, *extra: str, timeout: int = 600) -> subprocess.CompletedProcess:
+def run_sweep(
+    space: Path, root: Path, storage: str, *extra: str, timeout: int = 600, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     """Run a sweep to its end and return the completed process (output captured)."""
     return subprocess.run(
-        sweep_command(space, root, storage, *extra), cwd=ROOT, capture_output=True, text=True, timeout=timeout
+        sweep_command(space, root, storage, *extra),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=None if env is None else {**os.environ, **env},
     )
+
+
+def require_postgres(url: str = POSTGRES_URL) -> None:
+    """Skip the calling test when no PostgreSQL answers at url, unless LIT_TUNING_REQUIRE_POSTGRES=1 (then fail):
+    nothing in the test suite starts that server, and CI (.ci/run) says it is there."""
+    try:
+        with sqlalchemy.create_engine(url).connect():
+            return
+    except sqlalchemy.exc.OperationalError as error:
+        message = f"no PostgreSQL at {url} ({str(error.orig).strip().splitlines()[0]})"
+    if os.environ.get("LIT_TUNING_REQUIRE_POSTGRES") == "1":
+        pytest.fail(f"{message}, and LIT_TUNING_REQUIRE_POSTGRES=1 says it must be there")
+    pytest.skip(f"{message}; set LIT_TUNING_REQUIRE_POSTGRES=1 to make this a failure")
 
 
 def states(study: optuna.Study) -> list[str]:

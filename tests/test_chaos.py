@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import optuna
 import pytest
 import torch
@@ -17,11 +20,13 @@ from sweep_helpers import ROOT, write_space
 
 from lit_tuning.experiment.search_space import load_search_space
 from lit_tuning.sweep.cli import main
-from lit_tuning.sweep.driver import failure_summary
+from lit_tuning.sweep.driver import SweepDriver, SweepRun, failure_summary
 from lit_tuning.sweep.objective import Objective, TrialContext, trial_dir
 from lit_tuning.sweep.storage import open_storage
 from lit_tuning.sweep.study import StudyMismatchError, open_study
 from lit_tuning.sweep.trial_record import KILLED_REASON, record_killed_reason, trials_frame
+
+DISTRIBUTIONS = {"model.learning_rate": optuna.distributions.FloatDistribution(1e-4, 3e-2, log=True)}
 
 
 def killed_and_retried(tmp_path: Path, *, retries: int = 1) -> tuple[optuna.Study, Objective, optuna.Trial]:
@@ -129,3 +134,54 @@ def test_chaos_harness_kills_a_study_three_times_and_nothing_is_lost(tmp_path, m
     assert figures["steps_minimum"] == 2 * 30 and figures["steps_computed"] >= figures["steps_minimum"]
     assert all(figures["checks"].values()), figures["checks"]
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+
+@contextlib.contextmanager
+def mounted(target: Path, *options: str) -> Iterator[Path]:
+    """Mount a real file system at target for the block (a tmpfs of a given size, or a read-only bind)."""
+    target.mkdir(parents=True, exist_ok=True)
+    result = subprocess.run(["mount", *options, str(target)], capture_output=True, text=True)
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount here ({result.stderr.strip()}): the fault needs a real full or read-only folder")
+    try:
+        yield target
+    finally:
+        subprocess.run(["umount", "-l", str(target)], check=True)
+
+
+def test_a_read_only_results_folder_is_refused_before_anything_is_written(tmp_path, capsys):
+    source = tmp_path / "source"
+    source.mkdir()
+    storage = f"sqlite:///{tmp_path / 'o.db'}"
+    space = write_space(tmp_path, "s")
+    with mounted(tmp_path / "ro", "--bind", str(source)) as root:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(root)], check=True)
+        assert main([f"--search-space={space}", f"--storage={storage}", f"--results-root={root}"]) == 2
+    message = capsys.readouterr().err
+    assert f"--results-root '{root}' is not writable (Read-only file system)" in message
+    assert "Traceback" not in message and list(source.iterdir()) == []
+    assert not (tmp_path / "o.db").exists()  # refused before the study was created
+
+
+def test_a_full_disk_keeps_the_previous_results_whole_and_the_sweep_says_so(tmp_path, capsys):
+    space = load_search_space(write_space(tmp_path, "s"))
+    study = optuna.create_study(study_name="s", direction="maximize")
+    with mounted(tmp_path / "full", "-t", "tmpfs", "-o", "size=256k", "tmpfs") as root:
+        driver = SweepDriver(SweepRun(study, space, [], [], [], 4, root, 2))
+        for value in (0.1, 0.2):
+            study.add_trial(optuna.create_trial(params={"model.learning_rate": 1e-3}, distributions=DISTRIBUTIONS,
+                                                value=value))  # fmt: skip
+        assert driver.write_results() and driver.results_error is None
+        before = {path: path.read_bytes() for path in root.rglob("*") if path.is_file()}
+        with open(root / "filler", "wb", buffering=0) as filler, contextlib.suppress(OSError):
+            while True:  # fill the disk to the last byte
+                filler.write(b"\0" * 512)
+        for value in np.linspace(0.3, 0.9, 200):  # a bigger table than what is left
+            study.add_trial(optuna.create_trial(params={"model.learning_rate": 1e-3}, distributions=DISTRIBUTIONS,
+                                                value=float(value)))  # fmt: skip
+        assert driver.write_results() == []
+        after = {path: path.read_bytes() for path in root.rglob("*") if path.is_file() and path.name != "filler"}
+    assert after == before  # no truncated table, no temporary file left behind
+    assert driver.results_error and "No space left on device" in driver.results_error
+    message = capsys.readouterr().err
+    assert "error: cannot write the results under" in message and "re-run the same command" in message

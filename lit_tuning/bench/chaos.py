@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import random
 import subprocess
 import sys
@@ -31,8 +32,8 @@ from lit_tuning.tracking.settings import TrackingSettings
 
 STUDY = "chaos"
 POINTS = ("startup", "model_load", "mid_step", "validation", "export")
-POLL_S = 0.05
-WAIT_S = 120.0  # the longest a kill waits for its moment before it is recorded as missed
+POLL_S = 0.1
+WAIT_S = 600.0  # the longest a kill waits for its moment before it is recorded as missed (a loaded machine is slow)
 MICRO_BASE = {
     "configs": ["configs/base.yaml", "configs/hyperparameters/training/quick.yaml"],
     "overrides": {
@@ -98,7 +99,8 @@ class Chaos:
         with open(self.work / "driver.log", "a") as log:
             log.write(f"\n=== driver started at {time.time():.3f}\n")
             log.flush()
-            self.driver = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT)
+            env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # the log is complete up to the kill
+            self.driver = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, env=env)
         self.started = time.monotonic()
 
     def study(self) -> optuna.Study | None:
@@ -339,7 +341,8 @@ def main(argv: list[str] | None = None) -> int:
     kills: list[Kill] = []
     for index in range(args.kills):
         point = "startup" if index == 0 else chaos.random.choice(POINTS)  # the first start-up creates the stores
-        target = "driver" if point in ("startup", "export") else chaos.random.choice(("worker", "driver"))
+        # A worker kill is cheap (the driver replaces it); a driver kill costs a whole re-run's start-up.
+        target = "driver" if point in ("startup", "export") else chaos.random.choice(("worker", "worker", "driver"))
         kills.append(chaos.kill(point, target))
         print(f"kill {index + 1}/{args.kills}: {kills[-1]}", flush=True)
     reruns, code = chaos.run_to_end(attempts=5)

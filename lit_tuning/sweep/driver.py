@@ -60,6 +60,7 @@ class SweepDriver:
         self.max_respawns = 2 * len(run.plans) + 2
         self.started = time.monotonic()
         self.log_dir = run.results_root / "runs" / study_slug(run.study.study_name) / "logs"
+        self.results_error: str | None = None  # set when the results could not be written (disk full, read-only)
 
     def prepare(self) -> None:
         """Resume an earlier invocation: requeue Ctrl-C'd trials, close dead attempts, build the base model."""
@@ -105,6 +106,8 @@ class SweepDriver:
             return 130
         done = is_done(self.run.study, self.run.budget)
         self.finish(done=done)
+        if self.results_error:
+            return 1
         if done or (self.run.deadline is not None and time.time() >= self.run.deadline):
             return 0  # finished, or stopped by --timeout as asked (a re-run continues)
         summary = failure_summary(self.run.study)
@@ -193,11 +196,22 @@ class SweepDriver:
         return self.run.study.study_name
 
     def write_results(self) -> list[Path]:
-        """Write the study's tables and configs under the results root."""
+        """Write the study's tables and configs under the results root; a full or read-only disk is reported, and
+        the sweep exits non-zero at its end, but the study (in its storage) and earlier files stay whole."""
         root = self.run.results_root
-        return write_results(
-            self.run.study, self.run.space, top_k=self.run.top_k, data_root=root / "data", configs_root=root / "configs"
-        )
+        study, space, top_k = self.run.study, self.run.space, self.run.top_k
+        try:
+            written = write_results(study, space, top_k=top_k, data_root=root / "data", configs_root=root / "configs")
+            self.results_error = None  # the latest write is what the user is left with
+            return written
+        except OSError as error:
+            self.results_error = f"cannot write the results under {root}: {error}"
+            print(
+                f"error: {self.results_error}; earlier result files are unchanged and the study is safe in its "
+                "storage: free space (or fix the folder) and re-run the same command to write them",
+                file=sys.stderr,
+            )
+            return []
 
     def log_path(self, plan: WorkerPlan) -> Path:
         """Where a worker's output goes."""
