@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import os
+import shutil
+import socket
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -99,3 +105,52 @@ def states(study: optuna.Study) -> list[str]:
 def sqlite_url(root: Path) -> str:
     """An SQLite storage URL in a test folder."""
     return f"sqlite:///{root / 'optuna.db'}"
+
+
+@dataclasses.dataclass
+class PrivatePostgres:
+    """A PostgreSQL server of this test alone (initdb in a temp folder, its own port): safe to restart."""
+
+    data: Path
+    port: int
+
+    @property
+    def url(self) -> str:
+        """The storage URL of its `postgres` database."""
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def pg_ctl(self, *args: str) -> None:
+        """Run pg_ctl on this server as the postgres user (PostgreSQL refuses to run as root)."""
+        options = f"-p {self.port} -k {self.data.parent} -c listen_addresses=127.0.0.1"
+        command = ["pg_ctl", "-D", str(self.data), "-l", str(self.data.parent / "server.log"), "-o", options, *args]
+        subprocess.run(_as_postgres(command), check=True, capture_output=True, timeout=120)
+
+    def restart(self) -> None:
+        """Restart the server now, dropping every connection (what a database failover does to the workers)."""
+        self.pg_ctl("-m", "fast", "-w", "restart")
+
+
+def _as_postgres(command: list[str]) -> list[str]:
+    return ["runuser", "-u", "postgres", "--", *command] if os.geteuid() == 0 else command
+
+
+@contextlib.contextmanager
+def private_postgres() -> Iterator[PrivatePostgres]:
+    """Start a private PostgreSQL (skip when its binaries are missing) and stop it after the block."""
+    if not shutil.which("initdb") or not shutil.which("pg_ctl"):
+        pytest.skip("PostgreSQL's initdb/pg_ctl are not installed (apt-get install postgresql)")
+    folder = Path(tempfile.mkdtemp(prefix="lit_tuning-pg-"))  # not under pytest's root-only tmp: postgres reads it
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = PrivatePostgres(folder / "data", port)
+    try:
+        if os.geteuid() == 0:
+            shutil.chown(folder, "postgres")
+        initdb = ["initdb", "-D", str(server.data), "-A", "trust", "-U", "postgres"]
+        subprocess.run(_as_postgres(initdb), check=True, capture_output=True, timeout=120)
+        server.pg_ctl("-w", "start")
+        yield server
+    finally:
+        subprocess.run(_as_postgres(["pg_ctl", "-D", str(server.data), "-m", "immediate", "stop"]), capture_output=True)
+        shutil.rmtree(folder, ignore_errors=True)

@@ -21,6 +21,7 @@ from optuna.trial import TrialState
 from sweep_helpers import (
     POSTGRES_URL,
     ROOT,
+    private_postgres,
     require_postgres,
     run_sweep,
     sqlite_url,
@@ -394,3 +395,21 @@ def test_parallel_sampling_workers_keep_the_budget_on_sqlite(tmp_path, model_cac
     assert states(study) == ["COMPLETE"] * 5  # exactly the budget, though two workers asked at once
     assert len({trial.params["model.learning_rate"] for trial in study.trials}) == 5
     assert {trial.user_attrs["worker"] for trial in study.trials} == {"worker-0", "worker-1"}
+
+
+@pytest.mark.slow
+def test_a_postgresql_restart_mid_study_loses_nothing(tmp_path, model_cache):
+    with private_postgres() as server:
+        space = write_space(tmp_path, "restarted", {"trainer.max_steps": 60}, n_trials=2)
+        with open(tmp_path / "driver.log", "w") as log:
+            driver = subprocess.Popen(
+                sweep_command(space, tmp_path, server.url, "--workers=1", "--heartbeat=2"), cwd=ROOT, stdout=log,
+                stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        wait_for_checkpoint(server.url, "restarted", min_step=20)
+        server.restart()  # mid-trial: every open connection of the driver and the worker is dropped
+        assert driver.wait(timeout=900) == 0, (tmp_path / "driver.log").read_text()[-4000:]
+        study = optuna.load_study(study_name="restarted", storage=server.url)
+        assert sum(t.state.name == "COMPLETE" for t in study.trials) == 2
+        assert not [t for t in study.trials if t.state.name in ("RUNNING", "WAITING")]
+        assert (tmp_path / "data" / "restarted" / "trials.csv").is_file()

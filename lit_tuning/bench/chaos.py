@@ -33,6 +33,7 @@ from lit_tuning.tracking.settings import TrackingSettings
 STUDY = "chaos"
 POINTS = ("startup", "model_load", "mid_step", "validation", "export")
 POLL_S = 0.1
+EXPORT_POLL_S = 0.002
 WAIT_S = 600.0  # the longest a kill waits for its moment before it is recorded as missed (a loaded machine is slow)
 MICRO_BASE = {
     "configs": ["configs/base.yaml", "configs/hyperparameters/training/quick.yaml"],
@@ -118,21 +119,22 @@ class Chaos:
         states = (optuna.trial.TrialState.RUNNING,)
         return study.get_trials(deepcopy=False, states=states) if study else []
 
-    def wait(self, moment: Callable[[], Any]) -> Any:
+    def wait(self, moment: Callable[[], Any], interval: float = POLL_S) -> Any:
         """Poll until moment() returns something truthy (returned) or the driver ends or WAIT_S passes (None)."""
         deadline = time.monotonic() + WAIT_S
         while time.monotonic() < deadline and self.driver is not None and self.driver.poll() is None:
             seen = moment()
             if seen:
                 return seen
-            time.sleep(POLL_S)
+            time.sleep(interval)
         return None
 
     def kill(self, point: str, target: str) -> Kill:
         """Wait for the moment `point` of a live driver and SIGKILL the target; return what happened."""
         if self.driver is None or self.driver.poll() is not None:
             self.start()
-        trial = self.wait(MOMENTS[point](self))
+        # A results write lasts milliseconds: look for it often (a cheap glob, not a database query).
+        trial = self.wait(MOMENTS[point](self), EXPORT_POLL_S if point == "export" else POLL_S)
         victim = trial if isinstance(trial, optuna.trial.FrozenTrial) else None
         step = max(victim.intermediate_values, default=0) if victim else None
         at_s = round(time.monotonic() - self.started, 2)

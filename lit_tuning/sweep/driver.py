@@ -13,6 +13,7 @@ from pathlib import Path
 from types import FrameType
 
 import optuna
+import sqlalchemy
 from optuna.storages import fail_stale_trials
 from optuna.trial import TrialState
 
@@ -31,6 +32,8 @@ from lit_tuning.train.base_model import resolve_model_path
 log = logging.getLogger("lit_tuning.sweep")
 POLL_S = 2.0
 QUIET_PROGRESS_S = 60.0  # repeat an unchanged progress line this often, so a long trial still shows life
+STORAGE_OUTAGE_S = 300.0  # how long the driver waits out an unreachable database (a restart) before it gives up
+STORAGE_ERRORS = (sqlalchemy.exc.OperationalError, optuna.exceptions.StorageInternalError)
 STOP_GRACE_S = 120.0  # after Ctrl-C, how long a worker may take to close its trial before it is killed
 
 
@@ -84,17 +87,25 @@ class SweepDriver:
         self.prepare()
         install_stop_handler()
         last_line, last_print = "", 0.0
+        storage_down_since: float | None = None
         try:
             for plan in self.run.plans:
                 self.spawn(plan)
             while True:
-                line = progress_line(count(self.run.study), self.run.budget, time.monotonic() - self.started)
-                news = line.split("] ", 1)[1]  # the clock always changes; print on news or after a quiet minute
-                if news != last_line or time.monotonic() - last_print > QUIET_PROGRESS_S:
-                    print(line, flush=True)
-                    last_line, last_print = news, time.monotonic()
-                if not self.supervise():
-                    break
+                try:
+                    line = progress_line(count(self.run.study), self.run.budget, time.monotonic() - self.started)
+                    news = line.split("] ", 1)[1]  # the clock always changes; print on news or after a quiet minute
+                    if news != last_line or time.monotonic() - last_print > QUIET_PROGRESS_S:
+                        print(line, flush=True)
+                        last_line, last_print = news, time.monotonic()
+                    if not self.supervise():
+                        break
+                    storage_down_since = None
+                except STORAGE_ERRORS as error:  # a database restart: the workers carry on; wait for it to return
+                    storage_down_since = storage_down_since or time.monotonic()
+                    if time.monotonic() - storage_down_since > STORAGE_OUTAGE_S:
+                        raise
+                    log.warning("storage unreachable (%s); retrying", str(error).splitlines()[0][:200])
                 time.sleep(POLL_S)
         except KeyboardInterrupt:
             self.stop_workers()
