@@ -114,10 +114,17 @@ class Chaos:
         return self._study
 
     def running(self) -> list[optuna.trial.FrozenTrial]:
-        """Trials running now."""
+        """Trials running now in a worker of the current driver (not those of a killed one, still RUNNING until
+        their heartbeat goes stale)."""
         study = self.study()
-        states = (optuna.trial.TrialState.RUNNING,)
-        return study.get_trials(deepcopy=False, states=states) if study else []
+        if study is None or self.driver is None:
+            return []
+        try:
+            workers = {child.pid for child in psutil.Process(self.driver.pid).children(recursive=True)}
+        except psutil.NoSuchProcess:
+            return []
+        running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+        return [trial for trial in running if trial.user_attrs.get("worker_pid") in workers]
 
     def wait(self, moment: Callable[[], Any], interval: float = POLL_S) -> Any:
         """Poll until moment() returns something truthy (returned) or the driver ends or WAIT_S passes (None)."""
@@ -181,7 +188,7 @@ def kill_pid(pid: int | None) -> None:
 
 def just_started(chaos: Chaos) -> Callable[[], Any]:
     """A trial whose worker recorded it but has not validated yet: the worker is loading its model or starting."""
-    return lambda: next((t for t in chaos.running() if "worker_pid" in t.user_attrs and not t.intermediate_values), 0)
+    return lambda: next((t for t in chaos.running() if not t.intermediate_values), None)
 
 
 def mid_step(chaos: Chaos) -> Callable[[], Any]:
@@ -189,7 +196,7 @@ def mid_step(chaos: Chaos) -> Callable[[], Any]:
     pause = chaos.random.uniform(0.0, 1.5)
 
     def moment() -> Any:
-        trial = next((t for t in chaos.running() if t.intermediate_values and "worker_pid" in t.user_attrs), None)
+        trial = next((t for t in chaos.running() if t.intermediate_values), None)
         if trial is not None:
             time.sleep(pause)
         return trial
@@ -204,7 +211,7 @@ def at_validation(chaos: Chaos) -> Callable[[], Any]:
     def moment() -> Any:
         for trial in chaos.running():
             reported = len(trial.intermediate_values)
-            if trial.number in seen and reported > seen[trial.number] and "worker_pid" in trial.user_attrs:
+            if trial.number in seen and reported > seen[trial.number]:
                 return trial
             seen[trial.number] = reported
         return None
