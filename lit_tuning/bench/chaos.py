@@ -87,6 +87,7 @@ class Chaos:
         self.driver: subprocess.Popen | None = None
         self.started = 0.0
         self._study: optuna.Study | None = None
+        self.crashes = 0  # drivers in a row that exited non-zero by themselves (e.g. a broken tracker store)
 
     def command(self) -> list[str]:
         """The user's sweep command for this study."""
@@ -142,6 +143,9 @@ class Chaos:
             self.start()
         # A results write lasts milliseconds: look for it often (a cheap glob, not a database query).
         trial = self.wait(MOMENTS[point](self), EXPORT_POLL_S if point == "export" else POLL_S)
+        assert self.driver is not None
+        ended = self.driver.poll()
+        self.crashes = self.crashes + 1 if ended not in (None, 0) else 0  # a driver that dies on its own
         victim = trial if isinstance(trial, optuna.trial.FrozenTrial) else None
         step = max(victim.intermediate_values, default=0) if victim else None
         at_s = round(time.monotonic() - self.started, 2)
@@ -298,7 +302,10 @@ def attempt_steps(trial: optuna.trial.FrozenTrial) -> int:
         return 0
     from mlflow import MlflowClient
 
-    history = MlflowClient(uri).get_metric_history(run_id, "train/loss")
+    try:
+        history = MlflowClient(uri).get_metric_history(run_id, "train/loss")
+    except Exception:  # a store the kills broke: count no steps rather than stop the harness
+        return 0
     return max((point.step for point in history), default=start) - start
 
 
@@ -326,6 +333,7 @@ def passed(findings: dict[str, Any]) -> dict[str, bool]:
         "no_mlflow_run_left_running": not findings["mlflow_runs_left_running"],
         "tracking_verify_clean": findings["verify_exit"] == 0,
         "no_tracker_store_error": not findings["store_errors"],
+        "resumable_after_every_kill": findings.get("aborted") is None,
     }
 
 
@@ -337,6 +345,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=40, help="training steps of every trial")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0, help="chooses the kill moments and targets")
+    parser.add_argument(
+        "--spare-first-start",
+        action="store_true",
+        help="let the first start-up create the tracker stores before the first kill (default: kill it)",
+    )
     parser.add_argument("--out", type=Path, default=BENCH_ROOT, help="folder of chaos.json")
     parser.add_argument("--work", type=Path, help="work folder (default: a new temporary folder, kept)")
     args = parser.parse_args(argv)
@@ -348,14 +361,22 @@ def main(argv: list[str] | None = None) -> int:
     chaos = Chaos(work, chaos_space(work, args.trials, args.steps, args.seed), workers=args.workers, seed=args.seed)
     started = time.monotonic()
     kills: list[Kill] = []
+    aborted = None
+    if args.spare_first_start:  # let the first start-up create the stores: measure the sweep, not the migration
+        chaos.start()
+        chaos.wait(chaos.running)
     for index in range(args.kills):
-        point = "startup" if index == 0 else chaos.random.choice(POINTS)  # the first start-up creates the stores
+        first = index == 0 and not args.spare_first_start
+        point = "startup" if first else chaos.random.choice(POINTS)  # the first start-up creates the stores
         # A worker kill is cheap (the driver replaces it); a driver kill costs a whole re-run's start-up.
         target = "driver" if point in ("startup", "export") else chaos.random.choice(("worker", "worker", "driver"))
         kills.append(chaos.kill(point, target))
         print(f"kill {index + 1}/{args.kills}: {kills[-1]}", flush=True)
-    reruns, code = chaos.run_to_end(attempts=5)
-    findings = check(chaos, args.trials, args.steps)
+        if chaos.crashes >= 2:
+            aborted = f"the driver died by itself {chaos.crashes} times in a row: the study cannot be resumed"
+            break
+    reruns, code = chaos.run_to_end(attempts=2 if aborted else 5)
+    findings = check(chaos, args.trials, args.steps) | {"aborted": aborted}
     figures = {
         "kills": len(kills),
         "kills_by_point": {p: sum(k.point == p and k.hit for k in kills) for p in POINTS},
@@ -366,7 +387,8 @@ def main(argv: list[str] | None = None) -> int:
         **findings,
         "checks": passed(findings),
         "wall_s": round(time.monotonic() - started, 1),
-        "conditions": {k: getattr(args, k) for k in ("trials", "steps", "workers", "seed")} | {"work": str(work)},
+        "conditions": {k: getattr(args, k) for k in ("trials", "steps", "workers", "seed", "spare_first_start")}
+        | {"work": str(work)},
         "kill_log": [dataclasses.asdict(kill) for kill in kills],
     }
     path = atomic_write(args.out / "chaos.json", json.dumps(figures, indent=2) + "\n")
