@@ -25,7 +25,7 @@ TOP_K ?= 2
 SEEDS ?= 3
 
 .DEFAULT_GOAL := help
-.PHONY: help install fit base-model test test-slow test-all lint format clean-runs mlflow-ui wandb-sync bench bench-tracking bench-sweep
+.PHONY: help install fit base-model test test-slow test-all lint format clean-runs mlflow-ui wandb-sync bench bench-tracking bench-sweep chaos
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
@@ -79,6 +79,10 @@ bench-tracking: install ## Step-time cost of MLflow / W&B logging on the default
 
 bench-sweep: install ## Study throughput with 1 and 2 worker processes (through the real sweep driver)
 	$(BIN)/python -m lit_tuning.bench.sweep
+
+CHAOS_ARGS ?=
+chaos: install ## SIGKILL a micro study's workers and driver 20 times, re-run it, check nothing was lost (results/tuning/bench/chaos.json)
+	$(BIN)/python -m lit_tuning.bench.chaos --kills 20 $(CHAOS_ARGS)
 
 .PHONY: sweep status
 sweep: install ## Run (or resume) a study: make sweep [SPACE=...yaml STUDY=name STORAGE=url SWEEP_ARGS="--workers 2"]

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import os
+import shutil
+import socket
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import optuna
+import pytest
+import sqlalchemy
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,11 +70,31 @@ def sweep_command(space: Path, root: Path, storage: str, *extra: str) -> list[st
     ]
 
 
-def run_sweep(space: Path, root: Path, storage: str, *extra: str, timeout: int = 600) -> subprocess.CompletedProcess:
+def run_sweep(
+    space: Path, root: Path, storage: str, *extra: str, timeout: int = 600, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     """Run a sweep to its end and return the completed process (output captured)."""
     return subprocess.run(
-        sweep_command(space, root, storage, *extra), cwd=ROOT, capture_output=True, text=True, timeout=timeout
+        sweep_command(space, root, storage, *extra),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=None if env is None else {**os.environ, **env},
     )
+
+
+def require_postgres(url: str = POSTGRES_URL) -> None:
+    """Skip the calling test when no PostgreSQL answers at url, unless LIT_TUNING_REQUIRE_POSTGRES=1 (then fail):
+    nothing in the test suite starts that server, and CI (.ci/run) says it is there."""
+    try:
+        with sqlalchemy.create_engine(url).connect():
+            return
+    except sqlalchemy.exc.OperationalError as error:
+        message = f"no PostgreSQL at {url} ({str(error.orig).strip().splitlines()[0]})"
+    if os.environ.get("LIT_TUNING_REQUIRE_POSTGRES") == "1":
+        pytest.fail(f"{message}, and LIT_TUNING_REQUIRE_POSTGRES=1 says it must be there")
+    pytest.skip(f"{message}; set LIT_TUNING_REQUIRE_POSTGRES=1 to make this a failure")
 
 
 def states(study: optuna.Study) -> list[str]:
@@ -76,3 +105,52 @@ def states(study: optuna.Study) -> list[str]:
 def sqlite_url(root: Path) -> str:
     """An SQLite storage URL in a test folder."""
     return f"sqlite:///{root / 'optuna.db'}"
+
+
+@dataclasses.dataclass
+class PrivatePostgres:
+    """A PostgreSQL server of this test alone (initdb in a temp folder, its own port): safe to restart."""
+
+    data: Path
+    port: int
+
+    @property
+    def url(self) -> str:
+        """The storage URL of its `postgres` database."""
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def pg_ctl(self, *args: str) -> None:
+        """Run pg_ctl on this server as the postgres user (PostgreSQL refuses to run as root)."""
+        options = f"-p {self.port} -k {self.data.parent} -c listen_addresses=127.0.0.1"
+        command = ["pg_ctl", "-D", str(self.data), "-l", str(self.data.parent / "server.log"), "-o", options, *args]
+        subprocess.run(_as_postgres(command), check=True, capture_output=True, timeout=120)
+
+    def restart(self) -> None:
+        """Restart the server now, dropping every connection (what a database failover does to the workers)."""
+        self.pg_ctl("-m", "fast", "-w", "restart")
+
+
+def _as_postgres(command: list[str]) -> list[str]:
+    return ["runuser", "-u", "postgres", "--", *command] if os.geteuid() == 0 else command
+
+
+@contextlib.contextmanager
+def private_postgres() -> Iterator[PrivatePostgres]:
+    """Start a private PostgreSQL (skip when its binaries are missing) and stop it after the block."""
+    if not shutil.which("initdb") or not shutil.which("pg_ctl"):
+        pytest.skip("PostgreSQL's initdb/pg_ctl are not installed (apt-get install postgresql)")
+    folder = Path(tempfile.mkdtemp(prefix="lit_tuning-pg-"))  # not under pytest's root-only tmp: postgres reads it
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = PrivatePostgres(folder / "data", port)
+    try:
+        if os.geteuid() == 0:
+            shutil.chown(folder, "postgres")
+        initdb = ["initdb", "-D", str(server.data), "-A", "trust", "-U", "postgres"]
+        subprocess.run(_as_postgres(initdb), check=True, capture_output=True, timeout=120)
+        server.pg_ctl("-w", "start")
+        yield server
+    finally:
+        subprocess.run(_as_postgres(["pg_ctl", "-D", str(server.data), "-m", "immediate", "stop"]), capture_output=True)
+        shutil.rmtree(folder, ignore_errors=True)

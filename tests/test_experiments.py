@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -236,10 +237,17 @@ def test_sweep_mode_writes_a_valid_file_and_says_how_to_create_it(tmp_path: Path
 def test_create_sweep_never_hangs(tmp_path: Path, monkeypatch):
     monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
 
-    def too_slow(*args, **kwargs):
-        raise subprocess.TimeoutExpired(args[0], kwargs["timeout"])
+    real_run = subprocess.run
 
-    monkeypatch.setattr(subprocess, "run", too_slow)
+    def unreachable_server(command, **kwargs):  # a `wandb sweep` that never answers: only the timeout ends it
+        assert "sweep" in command
+        started = time.monotonic()
+        try:
+            return real_run(["sleep", "30"], **kwargs)
+        finally:
+            assert time.monotonic() - started < 10, "create_sweep waited for a server that never answers"
+
+    monkeypatch.setattr(subprocess, "run", unreachable_server)
     message = create_sweep(tmp_path / "s.yaml", project="p", timeout_s=0.1)
     assert message.startswith("W&B did not answer within 0 s: sweep not created")
     assert f"wandb sweep --project p {tmp_path / 's.yaml'}" in message

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,7 +18,17 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 from optuna.trial import TrialState
-from sweep_helpers import POSTGRES_URL, ROOT, run_sweep, sqlite_url, states, sweep_command, write_space
+from sweep_helpers import (
+    POSTGRES_URL,
+    ROOT,
+    private_postgres,
+    require_postgres,
+    run_sweep,
+    sqlite_url,
+    states,
+    sweep_command,
+    write_space,
+)
 
 from lit_tuning.tracking.mlflow_tracker import STUDY_PARENT_TAG
 from lit_tuning.tracking.verify import check_run, find_runs
@@ -238,6 +249,12 @@ def start_sweep(space: Path, root: Path, *extra: str) -> subprocess.Popen:
         )  # fmt: skip
 
 
+def first_train_step(trial: optuna.trial.FrozenTrial) -> int:
+    """The first training step a trial's own run logged (a resumed one starts after its checkpoint)."""
+    metrics = pd.read_csv(Path(trial.user_attrs["run_dir"]) / "metrics.csv")
+    return int(metrics.dropna(subset=["train/loss"])["step"].min())
+
+
 def resumed_trial(study: optuna.Study, original: int) -> optuna.trial.FrozenTrial:
     """The trial that retried `original` and finished."""
     (retry,) = [t for t in study.trials if t.user_attrs.get("retry_of") == original and t.state.name == "COMPLETE"]
@@ -261,6 +278,8 @@ def test_killed_worker_is_retried_from_its_checkpoint_and_its_runs_are_closed(tm
     assert table.loc[victim.number, "reason"] == "worker died during the trial (no heartbeat)"
     retry = resumed_trial(study, victim.number)
     assert retry.user_attrs["resumed_from_step"] >= 20 and retry.user_attrs["steps"] == 60
+    # The restore itself, not only what was read before `fit`: a restart from step 0 would log step 1 first.
+    assert first_train_step(retry) > retry.user_attrs["resumed_from_step"] >= 20
     assert retry.params == killed.params
     assert sorted(retry.intermediate_values) == [10, 20, 30, 40, 50, 60]  # the killed attempt's points are kept
     assert sum(t.state.name == "COMPLETE" for t in study.trials) == 2  # the budget, not one more
@@ -284,6 +303,8 @@ def test_ctrl_c_stops_cleanly_and_a_rerun_resumes_from_the_checkpoint(tmp_path, 
     study = load(tmp_path, "stopped")
     stopped = study.trials[victim.number]
     assert stopped.state.name == "FAIL" and stopped.user_attrs["reason"] == "interrupted"
+    written = pd.read_csv(tmp_path / "data" / "stopped" / "trials.csv")  # results are written on interrupt too
+    assert written.set_index("number").loc[victim.number, "reason"] == "interrupted"
     run = MlflowClient(stopped.user_attrs["mlflow_tracking_uri"]).get_run(stopped.user_attrs["mlflow_run_id"])
     assert run.info.status == "KILLED" and run.data.tags["lit_tuning.state"] == "interrupted"
     result = run_sweep(space, tmp_path, sqlite_url(tmp_path), "--workers=1")
@@ -291,11 +312,13 @@ def test_ctrl_c_stops_cleanly_and_a_rerun_resumes_from_the_checkpoint(tmp_path, 
     study = load(tmp_path, "stopped")
     retry = resumed_trial(study, victim.number)
     assert retry.user_attrs["resumed_from_step"] >= 20 and retry.user_attrs["steps"] == 60
+    assert first_train_step(retry) > retry.user_attrs["resumed_from_step"]
     assert len(study.trials) == 2
 
 
 @pytest.mark.slow
 def test_two_machines_share_a_postgresql_study_without_duplicates(tmp_path, model_cache):
+    require_postgres()
     name = f"pg-{uuid.uuid4().hex[:8]}"
     space = write_space(tmp_path, name, {"trainer.max_steps": 20}, n_trials=4)
     try:
@@ -314,3 +337,79 @@ def test_two_machines_share_a_postgresql_study_without_duplicates(tmp_path, mode
         assert len({trial.user_attrs["worker_pid"] for trial in study.trials}) >= 2  # both machines worked
     finally:
         optuna.delete_study(study_name=name, storage=POSTGRES_URL)
+
+
+@pytest.mark.slow
+def test_the_driver_replaces_a_dead_worker_and_keeps_why_its_trial_died(tmp_path, model_cache):
+    space = write_space(tmp_path, "respawn", {"trainer.max_steps": 60}, n_trials=2)
+    driver = start_sweep(space, tmp_path, "--workers=1", "--heartbeat=1")
+    victim = wait_for_checkpoint(sqlite_url(tmp_path), "respawn", min_step=20)
+    os.kill(victim.user_attrs["worker_pid"], signal.SIGKILL)  # the driver lives on and must start another worker
+    assert driver.wait(timeout=900) == 0, (tmp_path / "driver.log").read_text()[-3000:]
+    study = load(tmp_path, "respawn")
+    assert sum(t.state.name == "COMPLETE" for t in study.trials) == 2
+    assert resumed_trial(study, victim.number).user_attrs["worker_pid"] != victim.user_attrs["worker_pid"]
+    reason = pd.read_csv(tmp_path / "data" / "respawn" / "trials.csv").set_index("number").loc[victim.number, "reason"]
+    assert f"worker-0 (pid {victim.user_attrs['worker_pid']}) killed by SIGKILL during the trial" in reason
+
+
+@pytest.mark.slow
+def test_failures_stop_the_study_at_max_failures_with_a_nonzero_exit_and_the_reasons(tmp_path, model_cache):
+    from lit_tuning.train.base_model import resolve_model_path
+
+    broken = tmp_path / "cache" / "base_models" / Path(resolve_model_path("embedded:micro")).name
+    shutil.copytree(resolve_model_path("embedded:micro"), broken)
+    for weights in broken.glob("*.safetensors"):
+        weights.write_bytes(weights.read_bytes()[:100])  # every trial fails loading the model
+    space = write_space(tmp_path, "broken", n_trials=3)
+    cache = {"LIT_TUNING_CACHE": str(broken.parents[1])}
+    result = run_sweep(space, tmp_path, sqlite_url(tmp_path), "--workers=1", "--max-failures=2", env=cache)
+    assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-2000:]
+    study = load(tmp_path, "broken")
+    assert states(study) == ["FAIL", "FAIL"]  # stopped at the limit, not at the budget of 3
+    assert "error: study 'broken' stopped before its budget: 2 trial(s) failed, 0 finished; reasons: 2 x " in (
+        result.stderr
+    )
+    assert study.trials[0].user_attrs["reason"].split(";")[0] in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_no_trial_starts_after_the_timeout_and_a_rerun_continues(tmp_path, model_cache):
+    space = write_space(tmp_path, "late", {"trainer.max_steps": 10}, n_trials=2)
+    result = run_sweep(space, tmp_path, sqlite_url(tmp_path), "--workers=1", "--timeout=0.01")
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert load(tmp_path, "late").trials == []
+    assert "study 'late' is not finished (0/2): re-run the same command to continue it" in result.stdout
+    again = run_sweep(space, tmp_path, sqlite_url(tmp_path), "--workers=1", "--timeout=3600")
+    assert again.returncode == 0 and states(load(tmp_path, "late")) == ["COMPLETE", "COMPLETE"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["random", "tpe"])
+def test_parallel_sampling_workers_keep_the_budget_on_sqlite(tmp_path, model_cache, strategy):
+    space = write_space(tmp_path, strategy, {"trainer.max_steps": 10}, strategy=strategy, n_trials=5)
+    result = run_sweep(space, tmp_path, sqlite_url(tmp_path), "--workers=2")
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    study = load(tmp_path, strategy)
+    assert states(study) == ["COMPLETE"] * 5  # exactly the budget, though two workers asked at once
+    assert len({trial.params["model.learning_rate"] for trial in study.trials}) == 5
+    assert {trial.user_attrs["worker"] for trial in study.trials} == {"worker-0", "worker-1"}
+
+
+@pytest.mark.slow
+def test_a_postgresql_restart_mid_study_loses_nothing(tmp_path, model_cache):
+    with private_postgres() as server:
+        space = write_space(tmp_path, "restarted", {"trainer.max_steps": 60}, n_trials=2)
+        with open(tmp_path / "driver.log", "w") as log:
+            driver = subprocess.Popen(
+                sweep_command(space, tmp_path, server.url, "--workers=1", "--heartbeat=2"), cwd=ROOT, stdout=log,
+                stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        wait_for_checkpoint(server.url, "restarted", min_step=20)
+        server.restart()  # mid-trial: every open connection of the driver and the worker is dropped
+        assert driver.wait(timeout=900) == 0, (tmp_path / "driver.log").read_text()[-4000:]
+        study = optuna.load_study(study_name="restarted", storage=server.url)
+        assert sum(t.state.name == "COMPLETE" for t in study.trials) == 2
+        assert not [t for t in study.trials if t.state.name in ("RUNNING", "WAITING")]
+        assert (tmp_path / "data" / "restarted" / "trials.csv").is_file()

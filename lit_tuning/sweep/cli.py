@@ -18,7 +18,7 @@ from lit_tuning.sweep.devices import DeviceError, plan_workers
 from lit_tuning.sweep.driver import SweepDriver, SweepRun
 from lit_tuning.sweep.objective import TrialContext
 from lit_tuning.sweep.progress import status_table
-from lit_tuning.sweep.results import DEFAULT_TOP_K
+from lit_tuning.sweep.results import DEFAULT_TOP_K, ResultsFolderError, check_writable
 from lit_tuning.sweep.storage import DEFAULT_HEARTBEAT_S, StorageError, open_storage, silence_optuna
 from lit_tuning.sweep.study import Budget, StudyMismatchError, design_size, open_study
 from lit_tuning.sweep.trial_record import latest_study_name, load_study
@@ -44,6 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--mlflow-uri", help="MLflow store or server for every trial (the scale-out path)")
     run.add_argument("--top-k", type=int, default=DEFAULT_TOP_K, help="configs written besides best.yaml")
     run.add_argument("--max-failures", type=int, help="stop after this many failed trials (default: the budget)")
+    run.add_argument(
+        "--continue-changed-space",
+        action="store_true",
+        help="continue an existing study although its search space's ranges or base were edited since",
+    )
     run.add_argument("fit_args", nargs=argparse.REMAINDER, help="after --: extra `fit` arguments for every trial")
     status = commands.add_parser("status", help="print the trials table of a running or finished study")
     status.add_argument("--study", help="study name (default: the most recent study in the storage)")
@@ -87,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         if options.command == "status":
             return show_status(options)
         return run_worker(options) if options.command == "worker" else run_sweep(options)
-    except (SearchSpaceError, ConfigError, StorageError, StudyMismatchError, DeviceError) as error:
+    except (SearchSpaceError, ConfigError, StorageError, StudyMismatchError, DeviceError, ResultsFolderError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
 
@@ -115,8 +120,9 @@ def run_sweep(options: argparse.Namespace) -> int:
     plans = plan_workers(options.workers, options.devices, options.workers_per_gpu)
     if options.top_k < 1:
         raise ConfigError(f"--top-k {options.top_k}; allowed: an integer >= 1")
+    check_writable(Path(options.results_root))
     storage = open_storage(options.storage, options.heartbeat)
-    study = open_study(space, name, storage, budget)
+    study = open_study(space, name, storage, budget, accept_changed_space=options.continue_changed_space)
     deadline = time.time() + options.timeout if options.timeout else None
     fit_args = [f"--tracking.root={options.results_root}", *options.fit_args]  # the user's own args win
     if options.mlflow_uri:

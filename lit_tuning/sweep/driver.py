@@ -13,7 +13,9 @@ from pathlib import Path
 from types import FrameType
 
 import optuna
+import sqlalchemy
 from optuna.storages import fail_stale_trials
+from optuna.trial import TrialState
 
 from lit_tuning.experiment.search_space import SearchSpace
 from lit_tuning.paths import study_slug
@@ -22,6 +24,7 @@ from lit_tuning.sweep.devices import WorkerPlan
 from lit_tuning.sweep.progress import count, progress_line
 from lit_tuning.sweep.results import write_results
 from lit_tuning.sweep.study import is_done, requeue_interrupted
+from lit_tuning.sweep.trial_record import record_killed_reason, trials_frame
 from lit_tuning.tracking.mlflow_tracker import prepare_study
 from lit_tuning.tracking.settings import TrackingSettings
 from lit_tuning.train.base_model import resolve_model_path
@@ -29,6 +32,8 @@ from lit_tuning.train.base_model import resolve_model_path
 log = logging.getLogger("lit_tuning.sweep")
 POLL_S = 2.0
 QUIET_PROGRESS_S = 60.0  # repeat an unchanged progress line this often, so a long trial still shows life
+STORAGE_OUTAGE_S = 300.0  # how long the driver waits out an unreachable database (a restart) before it gives up
+STORAGE_ERRORS = (sqlalchemy.exc.OperationalError, optuna.exceptions.StorageInternalError)
 STOP_GRACE_S = 120.0  # after Ctrl-C, how long a worker may take to close its trial before it is killed
 
 
@@ -58,6 +63,7 @@ class SweepDriver:
         self.max_respawns = 2 * len(run.plans) + 2
         self.started = time.monotonic()
         self.log_dir = run.results_root / "runs" / study_slug(run.study.study_name) / "logs"
+        self.results_error: str | None = None  # set when the results could not be written (disk full, read-only)
 
     def prepare(self) -> None:
         """Resume an earlier invocation: requeue Ctrl-C'd trials, close dead attempts, build the base model."""
@@ -81,17 +87,25 @@ class SweepDriver:
         self.prepare()
         install_stop_handler()
         last_line, last_print = "", 0.0
+        storage_down_since: float | None = None
         try:
             for plan in self.run.plans:
                 self.spawn(plan)
             while True:
-                line = progress_line(count(self.run.study), self.run.budget, time.monotonic() - self.started)
-                news = line.split("] ", 1)[1]  # the clock always changes; print on news or after a quiet minute
-                if news != last_line or time.monotonic() - last_print > QUIET_PROGRESS_S:
-                    print(line, flush=True)
-                    last_line, last_print = news, time.monotonic()
-                if not self.supervise():
-                    break
+                try:
+                    line = progress_line(count(self.run.study), self.run.budget, time.monotonic() - self.started)
+                    news = line.split("] ", 1)[1]  # the clock always changes; print on news or after a quiet minute
+                    if news != last_line or time.monotonic() - last_print > QUIET_PROGRESS_S:
+                        print(line, flush=True)
+                        last_line, last_print = news, time.monotonic()
+                    if not self.supervise():
+                        break
+                    storage_down_since = None
+                except STORAGE_ERRORS as error:  # a database restart: the workers carry on; wait for it to return
+                    storage_down_since = storage_down_since or time.monotonic()
+                    if time.monotonic() - storage_down_since > STORAGE_OUTAGE_S:
+                        raise
+                    log.warning("storage unreachable (%s); retrying", str(error).splitlines()[0][:200])
                 time.sleep(POLL_S)
         except KeyboardInterrupt:
             self.stop_workers()
@@ -103,7 +117,13 @@ class SweepDriver:
             return 130
         done = is_done(self.run.study, self.run.budget)
         self.finish(done=done)
-        return 0
+        if self.results_error:
+            return 1
+        if done or (self.run.deadline is not None and time.time() >= self.run.deadline):
+            return 0  # finished, or stopped by --timeout as asked (a re-run continues)
+        summary = failure_summary(self.run.study)
+        print(f"error: study {self.study_name!r} stopped before its budget: {summary}", file=sys.stderr)
+        return 1
 
     def supervise(self) -> bool:
         """Replace workers that died; return False once nothing is left to run here."""
@@ -117,6 +137,7 @@ class SweepDriver:
                 alive = True
             elif code not in (0, 130):
                 log.warning("%s exited with %s (log: %s)", plan.name, code, self.log_path(plan))
+                self.record_death(plan, process)
                 del self.workers[plan.index]
                 if self.respawns < self.max_respawns:  # its trial is retried once its heartbeat is stale
                     self.respawns += 1
@@ -127,6 +148,15 @@ class SweepDriver:
         if alive:
             return True
         return self.restart_if_work_left()
+
+    def record_death(self, plan: WorkerPlan, process: subprocess.Popen) -> None:
+        """Keep why a dead worker's trial stopped: Optuna fails it later, by heartbeat, with no reason of its own."""
+        code = process.returncode
+        how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
+        for trial in self.run.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if trial.user_attrs.get("worker_pid") == process.pid:
+                reason = f"{plan.name} (pid {process.pid}) {how} during the trial; log: {self.log_path(plan)}"
+                record_killed_reason(self.run.study, trial.number, reason)
 
     def restart_if_work_left(self) -> bool:
         """With every worker gone: retry stale trials, wait for trials running elsewhere, or end."""
@@ -177,11 +207,22 @@ class SweepDriver:
         return self.run.study.study_name
 
     def write_results(self) -> list[Path]:
-        """Write the study's tables and configs under the results root."""
+        """Write the study's tables and configs under the results root; a full or read-only disk is reported, and
+        the sweep exits non-zero at its end, but the study (in its storage) and earlier files stay whole."""
         root = self.run.results_root
-        return write_results(
-            self.run.study, self.run.space, top_k=self.run.top_k, data_root=root / "data", configs_root=root / "configs"
-        )
+        study, space, top_k = self.run.study, self.run.space, self.run.top_k
+        try:
+            written = write_results(study, space, top_k=top_k, data_root=root / "data", configs_root=root / "configs")
+            self.results_error = None  # the latest write is what the user is left with
+            return written
+        except OSError as error:
+            self.results_error = f"cannot write the results under {root}: {error}"
+            print(
+                f"error: {self.results_error}; earlier result files are unchanged and the study is safe in its "
+                "storage: free space (or fix the folder) and re-run the same command to write them",
+                file=sys.stderr,
+            )
+            return []
 
     def log_path(self, plan: WorkerPlan) -> Path:
         """Where a worker's output goes."""
@@ -215,6 +256,16 @@ class SweepDriver:
             )
         for path in written:
             print(f"  wrote {path}")
+
+
+def failure_summary(study: optuna.Study, shown: int = 3) -> str:
+    """How many trials failed and their most common reasons, e.g. for a study in which every trial failed."""
+    trials = trials_frame(study)
+    failed = trials[trials["state"] == "FAIL"]
+    finished = int(trials["state"].isin(("COMPLETE", "PRUNED")).sum())
+    reasons = failed["reason"].fillna("").replace("", "no reason recorded").value_counts().head(shown)
+    listed = "; ".join(f"{count} x {reason.splitlines()[0][:200]}" for reason, count in reasons.items())
+    return f"{len(failed)} trial(s) failed, {finished} finished" + (f"; reasons: {listed}" if listed else "")
 
 
 def install_stop_handler() -> None:

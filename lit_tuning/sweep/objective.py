@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import os
 import threading
@@ -14,16 +15,16 @@ from typing import Any
 import lightning.pytorch as pl
 import optuna
 import torch
-from optuna.storages import RetryHeartbeatStaleTrialCallback
 
 from lit_tuning.experiment.search_space import SearchSpace
 from lit_tuning.experiment.strategies import suggest
 from lit_tuning.paths import study_slug
 from lit_tuning.sweep.pruning import StepPruningCallback
-from lit_tuning.sweep.trial_record import INTERRUPTED
+from lit_tuning.sweep.trial_record import INTERRUPTED, retry_history
 from lit_tuning.tracking.settings import TRACKING_RECORD
 from lit_tuning.train.cli import cli_main
 
+log = logging.getLogger("lit_tuning.sweep")
 # Set by the worker's SIGINT handler: Lightning turns Ctrl-C into sys.exit(1), which must not read as a crash.
 INTERRUPT_REQUESTED = threading.Event()
 
@@ -83,7 +84,7 @@ class Objective:
         space, context = self.context.space, self.context
         overrides = suggest(trial, space)
         run_dir = trial_dir(context.runs_root, context.study_name, trial.number)
-        retry_of, checkpoint = self.resume_point(trial)
+        retry_of, checkpoint, resume_note = self.resume_point(trial)
         self.record(
             trial,
             run_dir=str(run_dir),
@@ -93,6 +94,7 @@ class Objective:
             threads=torch.get_num_threads(),  # CPU float sums depend on it: a replay uses the same count
             retry_of=retry_of,
             resumed_from_step=checkpoint_step(checkpoint) if checkpoint else None,
+            resume_note=resume_note,
             reason=None,
         )
         args = [
@@ -139,23 +141,28 @@ class Objective:
             raise optuna.TrialPruned(reason)
         return float(value)
 
-    def resume_point(self, trial: optuna.Trial) -> tuple[int | None, Path | None]:
-        """For a retry of a killed or interrupted trial: the original trial's number and its newest checkpoint."""
+    def resume_point(self, trial: optuna.Trial) -> tuple[int | None, Path | None, str | None]:
+        """For a retry of a killed or interrupted trial: the original's number, the newest readable checkpoint of
+        its attempts, and a note when a checkpoint was unreadable (cut short by the kill) and had to be passed over.
+        """
         frozen = next(t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number)
-        history = RetryHeartbeatStaleTrialCallback.retry_history(frozen)
+        history = retry_history(frozen)
         if not history:
-            return None, None
+            return None, None, None
+        unreadable = []
         for number in reversed(history):  # the latest attempt got furthest
             checkpoint = trial_dir(self.context.runs_root, self.context.study_name, number) / "checkpoints/last.ckpt"
             if checkpoint_step(checkpoint) is not None:
-                return history[0], checkpoint
-        return history[0], None
+                return history[0], checkpoint, _skipped(unreadable, f"resumed from {checkpoint} instead")
+            if checkpoint.is_file():
+                unreadable.append(checkpoint)
+        return history[0], None, _skipped(unreadable, "restarted from step 0")
 
     @staticmethod
     def record(trial: optuna.Trial, **attrs: Any) -> None:
         """Store facts of the trial as Optuna user attributes (None values are skipped unless clearing a reason)."""
         for key, value in attrs.items():
-            if value is not None or key == "reason":
+            if value is not None or key in ("reason", "resume_note"):  # a retry inherits these: clear them
                 trial.set_user_attr(key, value)
 
 
@@ -167,6 +174,15 @@ def checkpoint_step(checkpoint: Path) -> int | None:
         return int(torch.load(checkpoint, map_location="cpu", weights_only=False)["global_step"])
     except Exception:  # a checkpoint cut short by the kill: start that attempt over rather than crash
         return None
+
+
+def _skipped(unreadable: list[Path], outcome: str) -> str | None:
+    """The resume note of a retry that had to pass over unreadable checkpoints (None when there were none)."""
+    if not unreadable:
+        return None
+    note = f"checkpoint {', '.join(map(str, unreadable))} unreadable (cut short by a kill?): {outcome}"
+    log.warning(note)
+    return note
 
 
 def tracking_ids(run_dir: Path) -> dict[str, Any]:

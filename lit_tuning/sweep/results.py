@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,22 @@ from lit_tuning.paths import CONFIGS_ROOT, DATA_ROOT, configs_dir, data_dir
 from lit_tuning.sweep.trial_record import curves_frame, trials_frame
 
 DEFAULT_TOP_K = 3
+
+
+class ResultsFolderError(ValueError):
+    """A results folder the sweep cannot write to (read-only, not a folder, no permission)."""
+
+
+def check_writable(root: Path) -> None:
+    """Refuse a results root that cannot take a file, before the study or any tracker store is touched."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=root):
+            pass
+    except OSError as error:
+        raise ResultsFolderError(
+            f"--results-root {str(root)!r} is not writable ({error.strerror}); allowed: a folder this user can write"
+        ) from None
 
 
 def decoded_params(space: SearchSpace, params: dict[str, Any]) -> dict[str, Any]:

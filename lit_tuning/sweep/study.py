@@ -12,9 +12,9 @@ from optuna.trial import TrialState
 from lit_tuning.experiment.search_space import ENUMERATED, SearchSpace, enumerate_trials
 from lit_tuning.experiment.strategies import encode_params, in_space, make_pruner, make_sampler
 from lit_tuning.sweep.storage import study_lock
-from lit_tuning.sweep.trial_record import INTERRUPTED
+from lit_tuning.sweep.trial_record import INTERRUPTED, retry_history
 
-# Trials that use up the budget: finished ones, running ones, and ones queued to run (retries, design points).
+DEFINITION_ATTR = "space_definition"  # study attribute: the space's parameters and base when the study began
 
 
 class StudyMismatchError(ValueError):
@@ -30,8 +30,14 @@ class Budget:
     max_failures: int | None = None  # stop after this many failed trials (default: the budget)
 
 
-def open_study(space: SearchSpace, name: str, storage: RDBStorage, n_trials: int) -> optuna.Study:
-    """Create the study (queueing its design) or load it, refusing one made from a different space or budget kind."""
+def open_study(
+    space: SearchSpace, name: str, storage: RDBStorage, n_trials: int, *, accept_changed_space: bool = False
+) -> optuna.Study:
+    """Create the study (queueing its design) or load it, refusing one made from a different space or budget kind.
+
+    A space whose ranges, candidates or base were edited since the study began is refused too (its old trials
+    were drawn from other ranges) unless ``accept_changed_space``: then the new definition is stored and used.
+    """
     direction = space.direction
     sampler = optuna.samplers.RandomSampler(seed=space.seed) if space.strategy in ENUMERATED else make_sampler(space)
     with study_lock(storage, name):
@@ -48,6 +54,7 @@ def open_study(space: SearchSpace, name: str, storage: RDBStorage, n_trials: int
         if not attrs:
             for key, value in {**identity, "search_space": str(space.path), "pruner": space.pruner}.items():
                 study.set_user_attr(key, value)
+            study.set_user_attr(DEFINITION_ATTR, space_definition(space))
             study.set_user_attr("budget", n_trials)
             for overrides, attrs_of_trial in initial_trials(space):
                 study.enqueue_trial(encode_params(space, overrides), user_attrs=attrs_of_trial)
@@ -59,9 +66,44 @@ def open_study(space: SearchSpace, name: str, storage: RDBStorage, n_trials: int
                     f"study {name!r} already exists with another definition ({details}); "
                     "allowed: the same search space, or a new --study name"
                 )
+            check_definition(study, space, accept_changed_space)
             if n_trials != attrs.get("budget"):
                 study.set_user_attr("budget", n_trials)  # a larger budget extends the study
     return study
+
+
+def space_definition(space: SearchSpace) -> dict[str, str]:
+    """What a study's trials depend on, as readable text: each parameter's range or candidates and the base."""
+    definition = {f"parameter {key}": str(parameter) for key, parameter in sorted(space.parameters.items())}
+    definition["base files"] = ", ".join(str(path) for path in space.base.files)
+    definition.update({f"base {key}": repr(value) for key, value in sorted(space.base.overrides.items())})
+    return definition
+
+
+def definition_changes(stored: dict[str, str], given: dict[str, str]) -> list[str]:
+    """One line per key whose definition differs: 'key: stored X, given Y' (absent on one side: 'none')."""
+    keys = sorted(set(stored) | set(given))
+    return [
+        f"{key}: stored {stored.get(key, 'none')}, given {given.get(key, 'none')}"
+        for key in keys
+        if stored.get(key) != given.get(key)
+    ]
+
+
+def check_definition(study: optuna.Study, space: SearchSpace, accept_changed_space: bool) -> None:
+    """Refuse to continue a study under an edited space, unless asked; then record the new definition."""
+    given = space_definition(space)
+    stored = study.user_attrs.get(DEFINITION_ATTR)
+    changes = definition_changes(stored, given) if stored is not None else []
+    if changes and not accept_changed_space:
+        raise StudyMismatchError(
+            f"study {study.study_name!r} was started from another version of {space.path} ({'; '.join(changes)}); "
+            "allowed: the unchanged space, a new --study name, or --continue-changed-space to go on under the new one"
+        )
+    if changes:
+        print(f"study {study.study_name!r} continues under a changed space: {'; '.join(changes)}")
+    if stored != given:  # studies made before the definition was stored get it now
+        study.set_user_attr(DEFINITION_ATTR, given)
 
 
 def initial_trials(space: SearchSpace) -> list[tuple[dict[str, Any], dict[str, Any]]]:
@@ -93,7 +135,7 @@ def is_done(study: optuna.Study, budget: int) -> bool:
 
 def retried_numbers(trials: list[optuna.trial.FrozenTrial]) -> set[int]:
     """Numbers of the trials that some later trial retries (killed or interrupted attempts)."""
-    return {number for trial in trials for number in RetryHeartbeatStaleTrialCallback.retry_history(trial)}
+    return {number for trial in trials for number in retry_history(trial)}
 
 
 def requeue_interrupted(study: optuna.Study) -> list[int]:

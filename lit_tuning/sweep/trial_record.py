@@ -6,8 +6,11 @@ and meaning, a state's grouping and a reason's wording have one owner.
 
 from __future__ import annotations
 
+import warnings
+
 import optuna
 import pandas as pd
+from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 from lit_tuning.paths import DEFAULT_STORAGE
@@ -30,10 +33,37 @@ TRIAL_ATTRS = {
     "retry_of": "Int64",  # number of the killed/interrupted trial this one resumed
     "resumed_from_step": "Int64",
     "is_base_config": "boolean",  # the untuned base config, enqueued as the study's first trial
+    "resume_note": "string",  # why a retry did not resume from its predecessor's checkpoint (e.g. truncated)
 }
 # A finished trial cannot be annotated after the fact: a FAIL with no recorded reason is one whose worker
 # stopped beating (every failure the worker sees itself is recorded with its reason).
 KILLED_REASON = "worker died during the trial (no heartbeat)"
+# Optuna refuses attributes on a finished trial, so what the driver learns about a killed trial (exit signal,
+# log, retries given up) is kept as a study attribute keyed by the trial's number and read back here.
+KILLED_REASON_ATTR = "killed_reason:t{number:04d}"
+
+
+def record_killed_reason(study: optuna.Study, number: int, reason: str) -> None:
+    """Keep why trial `number` died (its worker's exit), readable after Optuna has failed the trial."""
+    study.set_user_attr(KILLED_REASON_ATTR.format(number=number), reason)
+
+
+def retry_history(trial: optuna.trial.FrozenTrial) -> list[int]:
+    """Numbers of the earlier attempts this trial retries, oldest first (Optuna's record; [] for a first attempt)."""
+    with warnings.catch_warnings():  # "experimental" since Optuna 3.0; readers such as the report need no notice
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return RetryHeartbeatStaleTrialCallback.retry_history(trial)
+
+
+def killed_reason(study_attrs: dict, trial: optuna.trial.FrozenTrial, retried: set[int]) -> str:
+    """Why a killed trial died (the driver's record, else the heartbeat default), and whether it was given up."""
+    reason = study_attrs.get(KILLED_REASON_ATTR.format(number=trial.number)) or KILLED_REASON
+    if trial.number not in retried:  # stale trials are failed and retried in one step: no retry means the limit
+        attempts = len(retry_history(trial)) + 1
+        reason += f"; given up after {attempts} attempt{'s' * (attempts > 1)} (retry limit)"
+    return reason
+
+
 TRIAL_COLUMNS = ["study", "number", "state", "value", "datetime_start", "datetime_complete", *TRIAL_ATTRS]
 
 
@@ -53,7 +83,10 @@ def latest_study_name(storage: str = DEFAULT_STORAGE) -> str:
 def trials_frame(study: optuna.Study) -> pd.DataFrame:
     """One row per trial: number, state, value, one params_<key> column per parameter, and the recorded facts."""
     rows = []
-    for trial in study.get_trials(deepcopy=False):
+    study_attrs = study.user_attrs
+    trials = study.get_trials(deepcopy=False)
+    retried = {number for trial in trials for number in retry_history(trial)}
+    for trial in trials:
         row = {
             "study": study.study_name,
             "number": trial.number,
@@ -64,7 +97,7 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
         }
         row.update({name: trial.user_attrs.get(name) for name in TRIAL_ATTRS})
         if trial.state == optuna.trial.TrialState.FAIL and not row["reason"]:
-            row["reason"] = KILLED_REASON
+            row["reason"] = killed_reason(study_attrs, trial, retried)
         row.update({f"{PARAM_PREFIX}{key}": value for key, value in trial.params.items()})
         rows.append(row)
     frame = pd.DataFrame(rows, columns=TRIAL_COLUMNS if not rows else None)

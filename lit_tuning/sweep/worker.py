@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from types import FrameType
 
 import optuna
+import sqlalchemy
 import torch
 from optuna.storages import RDBStorage, fail_stale_trials
 from optuna.trial import TrialState
@@ -66,7 +67,11 @@ def heartbeat(storage: RDBStorage, trial: optuna.Trial) -> Iterator[None]:
 
     def beat() -> None:
         while not stop.wait(interval):
-            storage.record_heartbeat(trial._trial_id)
+            try:
+                storage.record_heartbeat(trial._trial_id)
+            except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as error:
+                # The database is restarting: keep beating once it is back, rather than let the trial go stale.
+                log.warning("heartbeat of trial %d not recorded (%s); retrying", trial.number, type(error).__name__)
 
     storage.record_heartbeat(trial._trial_id)
     thread = threading.Thread(target=beat, name=f"heartbeat-{trial.number}", daemon=True)
