@@ -80,8 +80,9 @@ bench-tracking: install ## Step-time cost of MLflow / W&B logging on the default
 bench-sweep: install ## Study throughput with 1 and 2 worker processes (through the real sweep driver)
 	$(BIN)/python -m lit_tuning.bench.sweep
 
-bench-search: install ## Replay search strategies on benchmarks/search/table.csv: compute to reach the best [ARGS="--seeds 30"]
+bench-search: install ## Replay search strategies on benchmarks/search/table.csv (compute to the best) and check the report's claims
 	$(BIN)/python -m lit_tuning.bench.search $(ARGS)
+	$(BIN)/python -m lit_tuning.bench.claims
 
 # One worker with one thread at the lowest priority, so the recording can run beside other work; re-run to resume.
 bench-search-record: install ## Record (or resume) the benchmark table through the real sweep (40 runs x 1,000 steps)

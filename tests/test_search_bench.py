@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import itertools
+import math
 
 import optuna
 import pandas as pd
 import pytest
 
-from lit_tuning.bench import search
+from lit_tuning.bench import claims, search
 from lit_tuning.bench.curves import Curve, CurveTable, from_frame
 from lit_tuning.bench.replay import Replay, Strategy
 from lit_tuning.bench.search_table import CONFIG_KEYS, SEED_KEY, STAGES, export_table
@@ -164,3 +165,27 @@ def test_export_reads_completed_trials_of_the_recorded_stages(tmp_path):
     assert list(frame.step) == [100, 200] and list(frame.tokens) == [2000, 4000] and list(frame.value) == [0.2, 0.5]
     first = frame.iloc[0]
     assert first["model.lora_r"] == 8 and first["data.batch_size"] == 64 and first[SEED_KEY] == 42
+
+
+def test_variance_shares_of_an_additive_table_have_no_interaction():
+    shares = claims.variance_shares(synthetic()).set_index("term").share
+    assert shares["model.learning_rate"] > shares["model.lora_r"] > shares["model.lora_alpha"] > 0
+    main_effects = shares[list(AXES)].sum()
+    assert main_effects == pytest.approx(1.0)
+    assert shares.drop(list(AXES)).max() == pytest.approx(0.0, abs=1e-12)
+
+
+def test_small_studies_name_interactions_the_full_table_does_not_have():
+    claimed = claims.small_study_interactions(synthetic(), trials=8, draws=20)
+    assert claimed.named_in.sum() <= 1.0 and (claimed["median"] >= 0).all()
+
+
+def test_effective_learning_rate_explains_a_table_built_on_it():
+    axes = {"model.learning_rate": (0.001, 0.004), "model.lora_r": (4, 16), "model.lora_alpha": (8, 32)}
+    curves = {}
+    for lr, rank, alpha in itertools.product(*axes.values()):
+        effective = math.log(lr * alpha / rank)
+        curves[(lr, rank, alpha)] = (rising(0.5 - 0.02 * (effective + 5) ** 2),)
+    fits = claims.learning_rate_fits(CurveTable(axes, curves)).set_index("model").r2
+    assert fits["log(lr x alpha / r)"] == pytest.approx(1.0)
+    assert fits["log lr"] < 0.9
