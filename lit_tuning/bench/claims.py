@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import random
 import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from lit_tuning.analysis.figures import interaction_data
 from lit_tuning.bench.curves import CurveTable
-from lit_tuning.bench.search import load_table
-from lit_tuning.bench.search_table import BENCH_DIR, TABLE
+from lit_tuning.bench.search_table import open_table, table_parser
 from lit_tuning.files import atomic_write
 from lit_tuning.sweep.trial_record import PARAM_PREFIX
 
@@ -81,15 +78,9 @@ def learning_rate_fits(table: CurveTable) -> pd.DataFrame:
 
 def main(argv: list[str] | None = None) -> int:
     """Print and write the three checks for the recorded table."""
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--table", type=Path, default=TABLE)
-    parser.add_argument("--where", nargs="*", default=[], help="keep a slice, e.g. data.batch_size=64")
-    parser.add_argument("--out", type=Path, default=BENCH_DIR)
-    args = parser.parse_args(argv)
-    try:
-        table = load_table(args.table, args.where)
-    except (OSError, ValueError) as error:
-        print(f"{args.table}: {error}", file=sys.stderr)
+    args = table_parser(__doc__).parse_args(argv)
+    table = open_table(args)
+    if table is None:
         return 2
     sections = {
         "variance_shares": variance_shares(table),

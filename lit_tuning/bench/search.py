@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 import warnings
@@ -10,11 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import yaml
 
-from lit_tuning.bench.curves import CurveTable, from_frame
+from lit_tuning.bench.curves import CurveTable
 from lit_tuning.bench.replay import Event, Replay, Strategy
-from lit_tuning.bench.search_table import BENCH_DIR, CONFIG_KEYS, SEED_KEY, TABLE
+from lit_tuning.bench.search_table import open_table, table_parser
 from lit_tuning.files import atomic_write
 from lit_tuning.paths import BENCH_ROOT
 
@@ -122,30 +120,14 @@ def draw(curves: pd.DataFrame, table: CurveTable, names: list[str], path: Path) 
     plt.close(figure)
 
 
-def load_table(path: Path, where: list[str]) -> CurveTable:
-    """Read the recorded table, keep the rows matching every key=value of `where`, and build the grid."""
-    frame = pd.read_csv(path)
-    for condition in where:
-        key, _, text = condition.partition("=")
-        if key not in frame.columns or not text:
-            raise ValueError(f"--where {condition!r}; allowed: key=value with key one of {', '.join(CONFIG_KEYS)}")
-        frame = frame[np.isclose(frame[key].astype(float), float(yaml.safe_load(text)))]
-    return from_frame(frame, CONFIG_KEYS, seed_key=SEED_KEY)
-
-
 def main(argv: list[str] | None = None) -> int:
     """Replay every strategy on the table; write the summary, the curves and their figure."""
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--table", type=Path, default=TABLE, help=f"recorded table (default {TABLE})")
-    parser.add_argument("--where", nargs="*", default=[], help="keep a slice, e.g. data.batch_size=64")
+    parser = table_parser(__doc__)
     parser.add_argument("--seeds", type=int, default=30, help="replay seeds per strategy (default 30)")
     parser.add_argument("--strategies", nargs="*", help="names to replay (default: all)")
-    parser.add_argument("--out", type=Path, default=BENCH_DIR, help=f"summary and curves CSVs (default {BENCH_DIR})")
     args = parser.parse_args(argv)
-    try:
-        table = load_table(args.table, args.where)
-    except (OSError, ValueError) as error:
-        print(f"{args.table}: {error}", file=sys.stderr)
+    table = open_table(args)
+    if table is None:
         return 2
     chosen = [s for s in strategies() if not args.strategies or s.name in args.strategies]
     warnings.filterwarnings("ignore", category=UserWarning, module="optuna")  # experimental-sampler notices

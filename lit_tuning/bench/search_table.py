@@ -7,9 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import optuna
 import pandas as pd
+import yaml
 
+from lit_tuning.bench.curves import CurveTable, from_frame
 from lit_tuning.experiment.search_space import SearchSpace, load_search_space
 from lit_tuning.files import atomic_write
 from lit_tuning.paths import RESULTS_ROOT
@@ -58,6 +61,35 @@ def export_table(stages: tuple[Path, ...], *, storage: str) -> pd.DataFrame:
             rows += stage_rows(space, load_study(space.name, storage))
     columns = ["study", "trial", *CONFIG_KEYS, SEED_KEY, "step", "tokens", "value"]
     return pd.DataFrame(rows, columns=columns)
+
+
+def load_table(path: Path, where: list[str]) -> CurveTable:
+    """Read the recorded table, keep the rows matching every key=value of `where`, and build the grid."""
+    frame = pd.read_csv(path)
+    for condition in where:
+        key, _, text = condition.partition("=")
+        if key not in CONFIG_KEYS or not text:
+            raise ValueError(f"--where {condition!r}; allowed: key=value with key one of {', '.join(CONFIG_KEYS)}")
+        frame = frame[np.isclose(frame[key].astype(float), float(yaml.safe_load(text)))]
+    return from_frame(frame, CONFIG_KEYS, seed_key=SEED_KEY)
+
+
+def table_parser(description: str | None) -> argparse.ArgumentParser:
+    """The options every reader of the table shares: which table, which slice of it, where results go."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--table", type=Path, default=TABLE, help=f"recorded table (default {TABLE})")
+    parser.add_argument("--where", nargs="*", default=[], help="keep a slice, e.g. data.batch_size=64")
+    parser.add_argument("--out", type=Path, default=BENCH_DIR, help=f"where the CSVs go (default {BENCH_DIR})")
+    return parser
+
+
+def open_table(args: argparse.Namespace) -> CurveTable | None:
+    """Load the table the options name; on bad input print one line naming the file and return None."""
+    try:
+        return load_table(args.table, args.where)
+    except (OSError, ValueError) as error:
+        print(f"{args.table}: {error}", file=sys.stderr)
+        return None
 
 
 def main(argv: list[str] | None = None) -> None:
