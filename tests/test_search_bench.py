@@ -118,6 +118,7 @@ def test_table_round_trips_through_its_csv_rows_and_refuses_a_partial_grid():
     frame = table_frame(synthetic())
     table = from_frame(frame, CONFIG_KEYS)
     assert table.axes == AXES and table.best() == BEST and len(table.curves[BEST]) == 2
+    assert all(type(value) in (int, float) for values in table.axes.values() for value in values)  # YAML-ready
     partial = frame[~((frame["model.lora_r"] == 8) & (frame["model.lora_alpha"] == 16))]
     with pytest.raises(ValueError, match="not a full grid"):
         from_frame(partial, CONFIG_KEYS)
@@ -189,3 +190,9 @@ def test_effective_learning_rate_explains_a_table_built_on_it():
     fits = claims.learning_rate_fits(CurveTable(axes, curves)).set_index("model").r2
     assert fits["log(lr x alpha / r)"] == pytest.approx(1.0)
     assert fits["log lr"] < 0.9
+
+
+def test_narrowing_check_replays_studies_and_reads_the_proposed_space():
+    kept = claims.narrowing_keeps_best(synthetic(), studies=2, trials=6).set_index("index").share_keeping_best
+    assert set(kept.index) == {*AXES, "all"}
+    assert ((kept >= 0) & (kept <= 1)).all() and kept["all"] <= kept[list(AXES)].min()

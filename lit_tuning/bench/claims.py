@@ -5,15 +5,21 @@ from __future__ import annotations
 import itertools
 import random
 import sys
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from lit_tuning.analysis.figures import interaction_data
+from lit_tuning.analysis.importance import narrowed_space, param_importances, verdicts, write_space
 from lit_tuning.bench.curves import CurveTable
-from lit_tuning.bench.search_table import open_table, table_parser
+from lit_tuning.bench.replay import Replay, Strategy
+from lit_tuning.bench.search_table import STAGES, open_table, table_parser
+from lit_tuning.experiment.config import read_yaml
+from lit_tuning.experiment.search_space import same_value
 from lit_tuning.files import atomic_write
-from lit_tuning.sweep.trial_record import PARAM_PREFIX
+from lit_tuning.sweep.trial_record import PARAM_PREFIX, trials_frame
 
 
 def finals(table: CurveTable) -> pd.DataFrame:
@@ -76,6 +82,43 @@ def learning_rate_fits(table: CurveTable) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def narrowing_keeps_best(table: CurveTable, *, studies: int = 30, trials: int = 24) -> pd.DataFrame:
+    """How often the report's narrowed next space, built from a replayed TPE + median study, still holds the best."""
+    best = dict(zip(table.axes, table.best(), strict=True))
+    with tempfile.TemporaryDirectory() as folder:
+        document = read_yaml(STAGES[0])  # its base experiment; the parameters are the table's axes
+        document["parameters"] = {key: {"candidates": list(values)} for key, values in table.axes.items()}
+        space = write_space(document, Path(folder) / "table.yaml")
+        rows = []
+        for seed in range(studies):
+            replay = Replay(table, Strategy("tpe+median", "tpe", "median"), seed)
+            replay.run(budget_steps=trials * max(curve.steps[-1] for runs in table.curves.values() for curve in runs))
+            frame = trials_frame(replay.study)
+            for key, values in table.axes.items():  # the replay's parameters are indices into each axis
+                frame[f"{PARAM_PREFIX}{key}"] = frame[f"{PARAM_PREFIX}{key}"].map(lambda index, v=values: v[index])
+            try:
+                verdict_table = verdicts(param_importances(replay.study))
+            except RuntimeError as error:  # the report's importance step fails on this study: count it, do not hide it
+                rows.append({"importance_failed": 1.0, "failure": str(error)})
+                continue
+            proposal, _ = narrowed_space(space, frame, verdict_table, study=f"replay-{seed}")
+            kept = {key: _keeps(proposal, key, value) for key, value in best.items()}
+            rows.append({**kept, "all": all(kept.values()), "importance_failed": 0.0})
+    frame = pd.DataFrame(rows)
+    if "failure" in frame:
+        print(f"report importance failed on {frame.failure.notna().sum()} of {studies} studies: "
+              f"{frame.failure.dropna().iloc[0]}", file=sys.stderr)  # fmt: skip
+    shares = frame.drop(columns="failure", errors="ignore").astype(float).mean()  # of the studies the report survived
+    return shares.rename("share_keeping_best").reset_index()
+
+
+def _keeps(proposal: dict, key: str, value: object) -> bool:
+    """Whether a proposed next space still allows `value` for `key` (among its candidates, or fixed to it)."""
+    if key in proposal["parameters"]:
+        return any(same_value(candidate, value) for candidate in proposal["parameters"][key]["candidates"])
+    return same_value(proposal["base"]["overrides"].get(key), value)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Print and write the three checks for the recorded table."""
     args = table_parser(__doc__).parse_args(argv)
@@ -85,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     sections = {
         "variance_shares": variance_shares(table),
         "small_study_interactions": small_study_interactions(table),
+        "narrowing_keeps_best": narrowing_keeps_best(table),
         "learning_rate_fits": learning_rate_fits(table) if {"model.lora_alpha", "model.lora_r"} <= set(table.axes)
         else pd.DataFrame(),
     }  # fmt: skip

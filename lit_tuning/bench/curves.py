@@ -69,7 +69,7 @@ def from_frame(
     direction: Literal["maximize", "minimize"] = "maximize",
 ) -> CurveTable:
     """Build the table from long rows (keys, seed, step, tokens, value); refuse a grid with missing configs."""
-    axes = {key: tuple(sorted(frame[key].unique())) for key in keys if frame[key].nunique() > 1}
+    axes = {key: _plain(tuple(sorted(frame[key].unique()))) for key in keys if frame[key].nunique() > 1}
     if not axes:
         raise ValueError(f"the table varies none of {keys}; allowed: a table of at least two configs")
     curves: dict[Config, list[Curve]] = {}
