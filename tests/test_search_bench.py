@@ -134,7 +134,7 @@ def test_benchmark_command_writes_the_figure_of_merit(tmp_path, capsys):
     assert summary.loc["grid+none", "reached"] == 1.0 and summary.loc["grid+none", "median_steps"] % 1000 == 0
     assert summary.loc["oat", "vs_oat"] == 1.0
     curves = pd.read_csv(tmp_path / "replay_curves.csv")
-    assert set(curves.strategy) == set(names)
+    assert set(curves.strategy) == set(names) and (tmp_path / "search_curves.png").stat().st_size > 10_000
     assert curves[curves.strategy == "grid+none"]["median"].iloc[-1] == pytest.approx(quality(BEST))
 
 

@@ -14,7 +14,6 @@ from lit_tuning.bench.curves import CurveTable
 from lit_tuning.bench.replay import Event, Replay, Strategy
 from lit_tuning.bench.search_table import open_table, table_parser
 from lit_tuning.files import atomic_write
-from lit_tuning.paths import BENCH_ROOT
 
 SAMPLING = ("random", "tpe", "gp", "qmc", "cmaes")
 PRUNING = ("none", "median", "sha", "hyperband")
@@ -121,7 +120,7 @@ def draw(curves: pd.DataFrame, table: CurveTable, names: list[str], path: Path) 
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Replay every strategy on the table; write the summary, the curves and their figure."""
+    """Replay every strategy on the table; write the summary, the curves and their figure beside the table."""
     parser = table_parser(__doc__)
     parser.add_argument("--seeds", type=int, default=30, help="replay seeds per strategy (default 30)")
     parser.add_argument("--strategies", nargs="*", help="names to replay (default: all)")
@@ -139,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     atomic_write(args.out / "replay_curves.csv", curves.to_csv(index=False))
     names = [name for name in ("oat", "grid+none", "random+none", "tpe+median", "tpe+hyperband",
                                f"brief{BRIEF_STEPS}-top{TOP_K}") if name in set(curves.strategy)]  # fmt: skip
-    draw(curves, table, names, BENCH_ROOT / "search_curves.png")
+    draw(curves, table, names, args.out / "search_curves.png")
     best = dict(zip(table.axes, table.best(), strict=True))
     print(f"table: {len(table.curves)} configs over {list(table.axes)}, best {best} = {table.final(table.best()):.4f}, "
           f"noise floor {table.noise_floor():.4f}, full grid {budget} steps")  # fmt: skip
