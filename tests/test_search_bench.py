@@ -9,7 +9,7 @@ import optuna
 import pandas as pd
 import pytest
 
-from lit_tuning.bench import claims, search
+from lit_tuning.bench import claims, search, search_table
 from lit_tuning.bench.curves import Curve, CurveTable, from_frame
 from lit_tuning.bench.replay import Replay, Strategy
 from lit_tuning.bench.search_table import CONFIG_KEYS, SEED_KEY, STAGES, export_table
@@ -196,3 +196,14 @@ def test_narrowing_check_replays_studies_and_reads_the_proposed_space():
     kept = claims.narrowing_keeps_best(synthetic(), studies=2, trials=6).set_index("index").share_keeping_best
     assert set(kept.index) == {*AXES, "all", "importance_failed"}
     assert ((kept >= 0) & (kept <= 1)).all() and kept["all"] <= kept[list(AXES)].min()
+
+
+def test_recording_a_bad_stage_says_why_in_one_line_and_writes_no_table(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(STAGES[0].read_text().replace("candidates: [8, 32]", "candidates: [8, zero]"))
+    out = tmp_path / "table.csv"
+    code = search_table.main([f"--stages={bad}", f"--storage=sqlite:///{tmp_path / 'o.db'}", f"--root={tmp_path}",
+                              f"--out={out}"])  # fmt: skip
+    assert code == 2
+    assert "model.lora_r" in capsys.readouterr().err
+    assert not out.exists() and not (tmp_path / "runs").exists()

@@ -13,7 +13,7 @@ import pandas as pd
 import yaml
 
 from lit_tuning.bench.curves import CurveTable, from_frame
-from lit_tuning.experiment.search_space import SearchSpace, load_search_space
+from lit_tuning.experiment.search_space import SearchSpace, SearchSpaceError, load_search_space
 from lit_tuning.files import atomic_write
 from lit_tuning.paths import RESULTS_ROOT
 from lit_tuning.sweep.trial_record import load_study
@@ -28,13 +28,13 @@ CONFIG_KEYS = ("model.learning_rate", "model.lora_r", "model.lora_alpha", "data.
 SEED_KEY = "seed_everything"
 
 
-def record_stage(space_path: Path, *, storage: str, root: Path, fit_args: list[str]) -> None:
-    """Run (or resume) one stage's study through the sweep command line: one worker, every trial to the end."""
+def record_stage(space_path: Path, *, storage: str, root: Path, fit_args: list[str]) -> int:
+    """Run (or resume) one stage's study through the sweep command line: one worker; return the sweep's exit code."""
     command = [
         sys.executable, "-m", "lit_tuning.sweep", f"--search-space={space_path}", f"--storage={storage}",
         f"--results-root={root}", "--workers=1", "--", "--tracking.wandb_mode=disabled", *fit_args,
     ]  # fmt: skip
-    subprocess.run(command, check=True)
+    return subprocess.run(command).returncode
 
 
 def stage_rows(space: SearchSpace, study: optuna.Study) -> list[dict]:
@@ -92,7 +92,7 @@ def open_table(args: argparse.Namespace) -> CurveTable | None:
         return None
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     """Record every stage in order (resuming a stopped one), rewriting the table after each; or only export."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--stages", type=Path, nargs="+", default=list(STAGES), help="stage search spaces, in order")
@@ -104,15 +104,25 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     stages = tuple(args.stages)
     fit_args = [arg for arg in args.fit_args if arg != "--"]
+    try:
+        for path in stages:  # every stage is checked before the first one trains
+            load_search_space(path)
+    except SearchSpaceError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     args.root.mkdir(parents=True, exist_ok=True)
     for path in () if args.export_only else stages:
-        record_stage(path, storage=args.storage, root=args.root, fit_args=fit_args)
+        code = record_stage(path, storage=args.storage, root=args.root, fit_args=fit_args)
         atomic_write(args.out, export_table(stages, storage=args.storage).to_csv(index=False))
+        if code:  # the sweep said why on its own line; the table keeps what was recorded
+            print(f"{path}: the sweep exited with code {code}; re-run to resume", file=sys.stderr)
+            return code
     table = export_table(stages, storage=args.storage)
     atomic_write(args.out, table.to_csv(index=False))
     last_steps = table.groupby(["study", "trial"]).step.max()
     print(f"{args.out}: {len(last_steps)} runs, {len(table)} points, {int(last_steps.sum())} training steps")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
