@@ -25,7 +25,7 @@ TOP_K ?= 2
 SEEDS ?= 3
 
 .DEFAULT_GOAL := help
-.PHONY: help install fit base-model test test-slow test-all lint format clean-runs mlflow-ui wandb-sync bench bench-tracking bench-sweep chaos
+.PHONY: help install fit base-model test test-slow test-all lint format clean-runs mlflow-ui wandb-sync bench bench-tracking bench-sweep chaos bench-search bench-search-record
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
@@ -83,6 +83,14 @@ bench-sweep: install ## Study throughput with 1 and 2 worker processes (through 
 CHAOS_ARGS ?=
 chaos: install ## SIGKILL a micro study's workers and driver 20 times, re-run it, check nothing was lost (results/tuning/bench/chaos.json)
 	$(BIN)/python -m lit_tuning.bench.chaos --kills 20 $(CHAOS_ARGS)
+
+bench-search: install ## Replay search strategies on benchmarks/search/table.csv (compute to the best) and check the report's claims
+	$(BIN)/python -m lit_tuning.bench.search $(ARGS)
+	$(BIN)/python -m lit_tuning.bench.claims
+
+# One worker with one thread at the lowest priority, so the recording can run beside other work; re-run to resume.
+bench-search-record: install ## Record (or resume) the benchmark table through the real sweep (40 runs x 1,000 steps)
+	nice -n 19 taskset -c 0 $(BIN)/python -m lit_tuning.bench.search_table $(ARGS)
 
 .PHONY: sweep status
 sweep: install ## Run (or resume) a study: make sweep [SPACE=...yaml STUDY=name STORAGE=url SWEEP_ARGS="--workers 2"]

@@ -1,0 +1,128 @@
+"""Record the search benchmark's table: learning curves of a fixed set of configs, run by the real sweep, resumably."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pandas as pd
+import yaml
+
+from lit_tuning.bench.curves import CurveTable, from_frame
+from lit_tuning.experiment.search_space import SearchSpace, SearchSpaceError, load_search_space
+from lit_tuning.files import atomic_write
+from lit_tuning.paths import RESULTS_ROOT
+from lit_tuning.sweep.trial_record import load_study
+
+BENCH_DIR = Path("benchmarks/search")  # committed: the stage spaces and the recorded table
+STAGES = tuple(sorted((BENCH_DIR / "spaces").glob("*.yaml")))  # recorded in file-name order
+TABLE = BENCH_DIR / "table.csv"
+RECORD_ROOT = RESULTS_ROOT.parent / "bench-search"  # runs, trackers and the Optuna storage of the recording
+RECORD_STORAGE = f"sqlite:///{(RECORD_ROOT / 'optuna.db').as_posix()}"
+# What identifies a config in the table (besides the seed); each is a `fit` key, read from the trial's full config.
+CONFIG_KEYS = ("model.learning_rate", "model.lora_r", "model.lora_alpha", "data.batch_size", "trainer.max_steps")
+SEED_KEY = "seed_everything"
+
+
+def record_stage(space_path: Path, *, storage: str, root: Path, fit_args: list[str]) -> int:
+    """Run (or resume) one stage's study through the sweep command line: one worker; return the sweep's exit code."""
+    command = [
+        sys.executable, "-m", "lit_tuning.sweep", f"--search-space={space_path}", f"--storage={storage}",
+        f"--results-root={root}", "--workers=1", "--", "--tracking.wandb_mode=disabled", *fit_args,
+    ]  # fmt: skip
+    return subprocess.run(command).returncode
+
+
+def stage_rows(space: SearchSpace, study: optuna.Study) -> list[dict]:
+    """One row per validation of each completed trial: config keys, seed, step, tokens (pro rata) and accuracy."""
+    rows = []
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        values = {key: trial.params.get(key, space.resolved_base[key]) for key in (*CONFIG_KEYS, SEED_KEY)}
+        steps, tokens = trial.user_attrs.get("steps"), trial.user_attrs.get("tokens")
+        for step, value in sorted(trial.intermediate_values.items()):
+            # Tokens are recorded per trial; batches are drawn uniformly, so a point's share is its share of steps.
+            point_tokens = round(tokens * step / steps) if steps and tokens else None
+            rows.append({"study": study.study_name, "trial": trial.number, **values, "step": step,
+                         "tokens": point_tokens, "value": value})  # fmt: skip
+    return rows
+
+
+def export_table(stages: tuple[Path, ...], *, storage: str) -> pd.DataFrame:
+    """The table of every completed trial of every recorded stage (stages not started yet are skipped)."""
+    names = {summary.study_name for summary in optuna.get_all_study_summaries(storage)}
+    rows = []
+    for path in stages:
+        space = load_search_space(path)
+        if space.name in names:
+            rows += stage_rows(space, load_study(space.name, storage))
+    columns = ["study", "trial", *CONFIG_KEYS, SEED_KEY, "step", "tokens", "value"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def load_table(path: Path, where: list[str]) -> CurveTable:
+    """Read the recorded table, keep the rows matching every key=value of `where`, and build the grid."""
+    frame = pd.read_csv(path)
+    for condition in where:
+        key, _, text = condition.partition("=")
+        if key not in CONFIG_KEYS or not text:
+            raise ValueError(f"--where {condition!r}; allowed: key=value with key one of {', '.join(CONFIG_KEYS)}")
+        frame = frame[np.isclose(frame[key].astype(float), float(yaml.safe_load(text)))]
+    return from_frame(frame, CONFIG_KEYS, seed_key=SEED_KEY)
+
+
+def table_parser(description: str | None) -> argparse.ArgumentParser:
+    """The options every reader of the table shares: which table, which slice of it, where results go."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--table", type=Path, default=TABLE, help=f"recorded table (default {TABLE})")
+    parser.add_argument("--where", nargs="*", default=[], help="keep a slice, e.g. data.batch_size=64")
+    parser.add_argument("--out", type=Path, default=BENCH_DIR, help=f"where the CSVs go (default {BENCH_DIR})")
+    return parser
+
+
+def open_table(args: argparse.Namespace) -> CurveTable | None:
+    """Load the table the options name; on bad input print one line naming the file and return None."""
+    try:
+        return load_table(args.table, args.where)
+    except (OSError, ValueError) as error:
+        print(f"{args.table}: {error}", file=sys.stderr)
+        return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Record every stage in order (resuming a stopped one), rewriting the table after each; or only export."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--stages", type=Path, nargs="+", default=list(STAGES), help="stage search spaces, in order")
+    parser.add_argument("--storage", default=RECORD_STORAGE, help=f"Optuna storage (default {RECORD_STORAGE})")
+    parser.add_argument("--root", type=Path, default=RECORD_ROOT, help="run directories and tracker stores")
+    parser.add_argument("--out", type=Path, default=TABLE, help=f"the table CSV (default {TABLE})")
+    parser.add_argument("--export-only", action="store_true", help="write the table from what is recorded so far")
+    parser.add_argument("fit_args", nargs=argparse.REMAINDER, help="after --: extra `fit` arguments")
+    args = parser.parse_args(argv)
+    stages = tuple(args.stages)
+    fit_args = [arg for arg in args.fit_args if arg != "--"]
+    try:
+        for path in stages:  # every stage is checked before the first one trains
+            load_search_space(path)
+    except SearchSpaceError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    args.root.mkdir(parents=True, exist_ok=True)
+    for path in () if args.export_only else stages:
+        code = record_stage(path, storage=args.storage, root=args.root, fit_args=fit_args)
+        atomic_write(args.out, export_table(stages, storage=args.storage).to_csv(index=False))
+        if code:  # the sweep said why on its own line; the table keeps what was recorded
+            print(f"{path}: the sweep exited with code {code}; re-run to resume", file=sys.stderr)
+            return code
+    table = export_table(stages, storage=args.storage)
+    atomic_write(args.out, table.to_csv(index=False))
+    last_steps = table.groupby(["study", "trial"]).step.max()
+    print(f"{args.out}: {len(last_steps)} runs, {len(table)} points, {int(last_steps.sum())} training steps")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

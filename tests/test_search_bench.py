@@ -1,0 +1,209 @@
+"""The search benchmark's replay on a tiny synthetic table: known best, known curves, compute counted exactly."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import optuna
+import pandas as pd
+import pytest
+
+from lit_tuning.bench import claims, search, search_table
+from lit_tuning.bench.curves import Curve, CurveTable, from_frame
+from lit_tuning.bench.replay import Replay, Strategy
+from lit_tuning.bench.search_table import CONFIG_KEYS, SEED_KEY, STAGES, export_table
+
+STEPS = tuple(range(100, 1001, 100))  # validation every 100 steps, 1,000 in all
+AXES = {"model.learning_rate": (0.001, 0.003, 0.01), "model.lora_r": (8, 32), "model.lora_alpha": (16, 64)}
+BEST = (0.01, 32, 64)
+
+
+def quality(config: tuple) -> float:
+    """Additive effects, so the best config is BEST and one-at-a-time search can find it."""
+    lr, rank, alpha = config
+    return 0.3 + 0.1 * AXES["model.learning_rate"].index(lr) + 0.05 * (rank == 32) + 0.02 * (alpha == 64)
+
+
+def rising(final: float, offset: float = 0.0) -> Curve:
+    """A curve rising linearly to `final` at step 1,000; 64 tokens per step."""
+    return Curve(STEPS, tuple(64 * s for s in STEPS), tuple(final * s / STEPS[-1] + offset for s in STEPS))
+
+
+def synthetic(direction: str = "maximize") -> CurveTable:
+    """Every config of AXES with one curve; BEST has two seeds, 0.01 apart (noise floor 0.00707)."""
+    sign = 1 if direction == "maximize" else -1
+    curves = {config: (rising(sign * quality(config)),) for config in itertools.product(*AXES.values())}
+    curves[BEST] = (rising(sign * quality(BEST), 0.005), rising(sign * quality(BEST), -0.005))
+    return CurveTable(AXES, curves, direction)
+
+
+def test_best_noise_floor_and_target_of_the_table():
+    table = synthetic()
+    assert table.best() == BEST
+    assert table.final(BEST) == pytest.approx(quality(BEST))
+    assert table.noise_floor() == pytest.approx(0.01 / 2**0.5)
+    assert table.target() == pytest.approx(quality(BEST) - 0.01 / 2**0.5)
+    assert table.full_steps() == 12 * 1000
+
+
+def test_minimised_table_ranks_by_its_direction():
+    table = synthetic("minimize")
+    assert table.best() == BEST  # the lowest final value
+    assert table.reached(table.final(BEST)) and not table.reached(-quality((0.01, 8, 64)))
+
+
+def test_full_grid_runs_every_config_once_and_counts_each_run_in_full():
+    table = synthetic()
+    events = Replay(table, Strategy("grid", "grid"), seed=3).run(budget_steps=10**9)
+    assert [event.steps for event in events] == [1000 * n for n in range(1, 13)]
+    assert [event.tokens for event in events] == [64_000 * n for n in range(1, 13)]
+    assert events[-1].incumbent == BEST
+    found = next(event for event in events if event.incumbent == BEST)
+    assert found.steps == 1000 * (found.trial + 1)  # the best is found when its own run ends
+
+
+def test_one_at_a_time_runs_its_design_then_the_combination():
+    table = synthetic()
+    events = Replay(table, Strategy("oat", "oat"), seed=0).run(budget_steps=10**9)
+    # centre (0.003, 8, 16) + lr 0.001, 0.01 + r 32 + alpha 64 = 5 runs, then the combined best (0.01, 32, 64).
+    assert len(events) == 6 and events[-1].steps == 6000
+    assert events[-1].incumbent == BEST
+    assert all(event.incumbent != BEST for event in events[:-1])
+
+
+@pytest.mark.parametrize("from_checkpoint, continued_steps", [(True, 800), (False, 1000)])
+def test_brief_then_top_k_continues_from_the_checkpoint(from_checkpoint, continued_steps):
+    table = synthetic()
+    strategy = Strategy("brief", "grid", brief_steps=200, top_k=3, from_checkpoint=from_checkpoint)
+    events = Replay(table, strategy, seed=1).run(budget_steps=10**9)
+    assert len(events) == 12 + 3
+    assert events[11].steps == 12 * 200 and events[11].value is None  # brief values are not results
+    assert events[-1].steps == 12 * 200 + 3 * continued_steps
+    assert events[-1].tokens == 64 * events[-1].steps
+    assert events[-1].incumbent == BEST
+
+
+def test_pruned_trials_count_only_the_steps_they_ran():
+    table = synthetic()
+    replay = Replay(table, Strategy("sha", "grid", "sha"), seed=2)
+    events = replay.run(budget_steps=10**9)
+    trials = replay.study.trials
+    ran = sum(max(trial.intermediate_values) for trial in trials)
+    assert any(trial.state == optuna.trial.TrialState.PRUNED for trial in trials)
+    assert events[-1].steps == ran < table.full_steps()
+
+
+@pytest.mark.parametrize("sampler", ["random", "tpe", "gp", "qmc", "cmaes"])
+def test_samplers_stop_at_the_budget_and_report_true_values(sampler):
+    table = synthetic()
+    events = Replay(table, Strategy(sampler, sampler, "median"), seed=0).run(budget_steps=6000)
+    assert 6000 <= events[-1].steps < 7000
+    for event in events:
+        assert event.value is None or event.value == pytest.approx(table.final(event.incumbent))
+
+
+def table_frame(table: CurveTable) -> pd.DataFrame:
+    rows = []
+    for config, runs in table.curves.items():
+        for seed, curve in enumerate(runs, start=42):
+            for step, tokens, value in zip(curve.steps, curve.tokens, curve.values, strict=True):
+                values = dict(zip(AXES, config, strict=True))
+                rows.append({**values, "data.batch_size": 64, "trainer.max_steps": 1000, SEED_KEY: seed,
+                             "step": step, "tokens": tokens, "value": value})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def test_table_round_trips_through_its_csv_rows_and_refuses_a_partial_grid():
+    frame = table_frame(synthetic())
+    table = from_frame(frame, CONFIG_KEYS)
+    assert table.axes == AXES and table.best() == BEST and len(table.curves[BEST]) == 2
+    assert all(type(value) in (int, float) for values in table.axes.values() for value in values)  # YAML-ready
+    partial = frame[~((frame["model.lora_r"] == 8) & (frame["model.lora_alpha"] == 16))]
+    with pytest.raises(ValueError, match="not a full grid"):
+        from_frame(partial, CONFIG_KEYS)
+
+
+def test_benchmark_command_writes_the_figure_of_merit(tmp_path, capsys):
+    path = tmp_path / "table.csv"
+    table_frame(synthetic()).to_csv(path, index=False)
+    names = ["oat", "grid+none", "random+sha", "brief200-top3"]
+    assert search.main([f"--table={path}", "--seeds=3", f"--out={tmp_path}", "--strategies", *names]) == 0
+    summary = pd.read_csv(tmp_path / "replay_summary.csv").set_index("strategy")
+    assert summary.loc["oat", "median_steps"] == 6000 and summary.loc["oat", "reached"] == 1.0
+    assert summary.loc["grid+none", "reached"] == 1.0 and summary.loc["grid+none", "median_steps"] % 1000 == 0
+    assert summary.loc["oat", "vs_oat"] == 1.0
+    curves = pd.read_csv(tmp_path / "replay_curves.csv")
+    assert set(curves.strategy) == set(names) and (tmp_path / "search_curves.png").stat().st_size > 10_000
+    assert curves[curves.strategy == "grid+none"]["median"].iloc[-1] == pytest.approx(quality(BEST))
+
+
+def test_bad_where_is_one_line_and_exit_2(tmp_path, capsys):
+    path = tmp_path / "table.csv"
+    table_frame(synthetic()).to_csv(path, index=False)
+    assert search.main([f"--table={path}", "--where", "model.nope=3", f"--out={tmp_path}"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "model.nope=3" in error and "data.batch_size" in error
+    assert not (tmp_path / "replay_summary.csv").exists()
+
+
+def test_export_reads_completed_trials_of_the_recorded_stages(tmp_path):
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = optuna.create_study(study_name="bench_core", storage=storage, direction="maximize")
+    study.add_trial(
+        optuna.trial.create_trial(
+            params={"model.learning_rate": 0.003, "model.lora_r": 8},
+            distributions={
+                "model.learning_rate": optuna.distributions.CategoricalDistribution([0.001, 0.003]),
+                "model.lora_r": optuna.distributions.CategoricalDistribution([8, 32]),
+            },
+            value=0.5,
+            intermediate_values={100: 0.2, 200: 0.5},
+            user_attrs={"steps": 200, "tokens": 4000},
+        )
+    )
+    frame = export_table(STAGES[:1], storage=storage)
+    assert list(frame.step) == [100, 200] and list(frame.tokens) == [2000, 4000] and list(frame.value) == [0.2, 0.5]
+    first = frame.iloc[0]
+    assert first["model.lora_r"] == 8 and first["data.batch_size"] == 64 and first[SEED_KEY] == 42
+
+
+def test_variance_shares_of_an_additive_table_have_no_interaction():
+    shares = claims.variance_shares(synthetic()).set_index("term").share
+    assert shares["model.learning_rate"] > shares["model.lora_r"] > shares["model.lora_alpha"] > 0
+    main_effects = shares[list(AXES)].sum()
+    assert main_effects == pytest.approx(1.0)
+    assert shares.drop(list(AXES)).max() == pytest.approx(0.0, abs=1e-12)
+
+
+def test_small_studies_name_interactions_the_full_table_does_not_have():
+    claimed = claims.small_study_interactions(synthetic(), trials=8, draws=20)
+    assert claimed.named_in.sum() <= 1.0 and (claimed["median"] >= 0).all()
+
+
+def test_effective_learning_rate_explains_a_table_built_on_it():
+    axes = {"model.learning_rate": (0.001, 0.004), "model.lora_r": (4, 16), "model.lora_alpha": (8, 32)}
+    curves = {}
+    for lr, rank, alpha in itertools.product(*axes.values()):
+        effective = math.log(lr * alpha / rank)
+        curves[(lr, rank, alpha)] = (rising(0.5 - 0.02 * (effective + 5) ** 2),)
+    fits = claims.learning_rate_fits(CurveTable(axes, curves)).set_index("model").r2
+    assert fits["log(lr x alpha / r)"] == pytest.approx(1.0)
+    assert fits["log lr"] < 0.9
+
+
+def test_narrowing_check_replays_studies_and_reads_the_proposed_space():
+    kept = claims.narrowing_keeps_best(synthetic(), studies=2, trials=6).set_index("index").share_keeping_best
+    assert set(kept.index) == {*AXES, "all", "importance_failed"}
+    assert ((kept >= 0) & (kept <= 1)).all() and kept["all"] <= kept[list(AXES)].min()
+
+
+def test_recording_a_bad_stage_says_why_in_one_line_and_writes_no_table(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(STAGES[0].read_text().replace("candidates: [8, 32]", "candidates: [8, zero]"))
+    out = tmp_path / "table.csv"
+    code = search_table.main([f"--stages={bad}", f"--storage=sqlite:///{tmp_path / 'o.db'}", f"--root={tmp_path}",
+                              f"--out={out}"])  # fmt: skip
+    assert code == 2
+    assert "model.lora_r" in capsys.readouterr().err
+    assert not out.exists() and not (tmp_path / "runs").exists()
