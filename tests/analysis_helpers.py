@@ -178,5 +178,5 @@ def legal_study(tmp_path: Path, kind: str) -> tuple[optuna.Study, str]:
     return study, storage
 
 
-LEGAL_KINDS = ["ties_all", "ties_top", "single", "all_pruned", "all_failed", "one_param", "categorical", "nonfinite",
-               "minimize"]  # fmt: skip
+# The minimised study ("minimize") has its own end-to-end report test with sharper assertions.
+LEGAL_KINDS = ["ties_all", "ties_top", "single", "all_pruned", "all_failed", "one_param", "categorical", "nonfinite"]

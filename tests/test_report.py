@@ -217,15 +217,14 @@ def test_report_withholds_an_interaction_from_thin_cells(report: dict) -> None:
 
 # What the report must say (in its caveats, HTML-escaped) for each legal but awkward study.
 EXPECTED_CAVEATS = {
-    "ties_all": ["there is no variance to explain"],
+    "ties_all": ["there is no variance to explain", "there is no variance to split"],
     "ties_top": [],
     "single": ["Only one completed trial", "importance needs at least 4 completed trials"],
     "all_pruned": ["No completed trial with a finite value (0 completed, 4 pruned, 0 failed)"],
     "all_failed": ["No completed trial with a finite value (0 completed, 0 pruned, 3 failed)"],
     "one_param": ["Interaction: not estimated"],
     "categorical": [],
-    "nonfinite": ["Trial(s) 0, 1 completed with a non-finite value (inf)", "non-finite value are left out"],
-    "minimize": ["Reference accuracies (chance, best constant letter) are not drawn: the objective is val/loss"],
+    "nonfinite": ["Trial(s) 0, 1 completed with a non-finite value (±inf)", "non-finite value are left out"],
 }
 
 
@@ -261,6 +260,7 @@ def test_report_of_a_minimised_study_ranks_lower_first(tmp_path: Path) -> None:
     paths = build_report("loss", storage=storage, root=root, spaces_dir=tmp_path / "spaces", n_resamples=3)
     html = paths.html.read_text()
     assert re.search(rf'id="best-value">{study.best_trial.value:.4f}<', html) and "(lower is better)" in html
+    assert "Reference accuracies (chance, best constant letter) are not drawn: the objective is val/loss" in html
     assert (
         json.loads((paths.data_dir / "summary.json").read_text())["summary"]["best_number"] == study.best_trial.number
     )

@@ -71,7 +71,9 @@ def report_context(
         "trials": data.trials.to_dict("records"),
         "links": links,
         "verdicts": data.verdicts.to_dict("records"),
-        "interaction": None if data.interaction is None else data.interaction.verdict,
+        "interaction": f"Not estimated: {data.interaction_why}."
+        if data.interaction is None
+        else data.interaction.verdict,
         "confirmed": None if data.confirmed is None else data.confirmed.to_dict("records"),
         "comparisons": data.comparisons,
         "indistinguishable": any(not c.significant for c in data.comparisons[:1]),

@@ -128,6 +128,14 @@ def interaction_data(trials: pd.DataFrame, *, direction: str, seed: int = 0) -> 
     )  # fmt: skip
 
 
+def why_none(trials: pd.DataFrame, *, direction: str) -> str:
+    """Why interaction_data found no pair: no variance at all, or too few trials over two varied parameters."""
+    values = best_first(trials, direction=direction)["value"]
+    if len(values) >= MIN_TRIALS and values.nunique() == 1:
+        return f"every completed trial has the same value ({values.iloc[0]:.4g}): there is no variance to split"
+    return f"no two parameters each took two values over at least {MIN_TRIALS} completed trials with a finite value"
+
+
 def _permutation_p(codes: dict, values: np.ndarray, observed: float, rng: np.random.Generator) -> float:
     """Share of value relabellings whose largest share over all pairs reaches the observed largest share."""
     reached = 0

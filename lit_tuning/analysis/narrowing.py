@@ -73,6 +73,13 @@ def narrowed_space(
         key = max(space.parameters, key=lambda k: float(verdict_table.set_index("param")["importance"].get(k, 0)))
         parameters[key] = document["parameters"][key]
         overrides.pop(key, None)
+    return _next_document(space, document, parameters, overrides, study=study), notes
+
+
+def _next_document(
+    space: SearchSpace, document: dict[str, Any], parameters: dict, overrides: dict, *, study: str
+) -> dict[str, Any]:
+    """The narrowed space's YAML document: the original's settings, the new overrides and parameters."""
     next_document = {
         "name": f"{document.get('name', space.name)}-next",
         "description": f"Narrowed from study {study!r} on {datetime.date.today().isoformat()} by lit_tuning.report.",
@@ -83,9 +90,10 @@ def narrowed_space(
         },
         "parameters": parameters,
     }
+    # A grid cannot enumerate a continuous range: a narrowed range without a step is searched by TPE instead.
     if space.strategy in ("grid", "oat") and any("low" in spec and "step" not in spec for spec in parameters.values()):
         next_document["strategy"], next_document["n_trials"] = "tpe", space.n_trials
-    return next_document, notes
+    return next_document
 
 
 def _why(verdict_table: pd.DataFrame, key: str, action: str) -> str:

@@ -17,7 +17,7 @@ from lit_tuning.analysis import figures as viz
 from lit_tuning.analysis.html import figure_entries, render, report_context
 from lit_tuning.analysis.mlflow_runs import mlflow_links
 from lit_tuning.analysis.narrowing import write_space
-from lit_tuning.analysis.report_data import NO_INTERACTION, ReportData, compute_report
+from lit_tuning.analysis.report_data import ReportData, compute_report
 from lit_tuning.analysis.tables import pruning_savings, study_summary, with_compute
 from lit_tuning.experiment.config import plain
 from lit_tuning.experiment.search_space import SearchSpaceError
@@ -95,7 +95,7 @@ def draw_figures(data: ReportData, figure_dir: Path) -> list[Path]:
         "importance": viz.draw_importance(fd.importance_data(data.importances)),
         "params": viz.draw_params(fd.params_data(data.trials, data.log_params, direction=direction, metric=metric),
                                   data.baselines),
-        "interaction": viz.draw_interaction(data.interaction, NO_INTERACTION, metric),
+        "interaction": viz.draw_interaction(data.interaction, data.interaction_why, metric),
         "curves": viz.draw_curves(fd.curves_data(data.curves, data.train_curves, metric=metric), data.baselines),
         "pareto": viz.draw_pareto(fd.pareto_data(data.trials, direction=direction, metric=metric), data.baselines),
         "pruning": viz.draw_pruning(fd.pruning_data(data.trials, data.savings)),

@@ -10,8 +10,7 @@ import optuna
 import pandas as pd
 
 from lit_tuning.analysis.importance import Importances, param_importances, verdicts
-from lit_tuning.analysis.interaction import MIN_TRIALS as MIN_INTERACTION_TRIALS
-from lit_tuning.analysis.interaction import Interaction, interaction_data
+from lit_tuning.analysis.interaction import Interaction, interaction_data, why_none
 from lit_tuning.analysis.mlflow_runs import mlflow_baselines, mlflow_curves
 from lit_tuning.analysis.narrowing import Recommendation, narrowed_space
 from lit_tuning.analysis.significance import Comparison, confirm_comparisons, confirm_summary
@@ -20,8 +19,6 @@ from lit_tuning.experiment.search_space import SearchSpace, SearchSpaceError, lo
 from lit_tuning.paths import study_slug
 from lit_tuning.sweep.trial_record import curves_frame, study_direction, trials_frame
 from lit_tuning.train.metrics import PRIMARY_METRIC, chance_accuracy
-
-NO_INTERACTION = f"no two parameters each took two values over at least {MIN_INTERACTION_TRIALS} completed trials"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +43,7 @@ class ReportData:
     importances: Importances
     verdicts: pd.DataFrame
     interaction: Interaction | None
+    interaction_why: str  # why there is no interaction (empty when there is one)
     confirm: pd.DataFrame | None
     confirmed: pd.DataFrame | None
     comparisons: list[Comparison]
@@ -70,6 +68,7 @@ def compute_report(study: optuna.Study, *, storage: str, root: Path, n_resamples
     full_steps = None  # pruning savings count up to the space's fixed training length, else the longest trial
     if space is not None and "trainer.max_steps" not in space.parameters:
         full_steps = int(space.resolved_base["trainer.max_steps"])
+    interaction = interaction_data(trials, direction=direction)
     table = with_compute(trials, direction=direction).assign(pareto=pareto_mask(trials, direction=direction))
     data = ReportData(
         study=name, slug=slug, storage=storage, metric=metric, direction=direction,
@@ -78,7 +77,8 @@ def compute_report(study: optuna.Study, *, storage: str, root: Path, n_resamples
         space=space, trials=table, curves=curves_frame(study, metric), train_curves=mlflow_curves(trials),
         baselines=baselines_for(trials, space, metric), log_params=log_params(study), summary=summary,
         savings=pruning_savings(trials, full_steps), importances=importances, verdicts=verdict_table,
-        interaction=interaction_data(trials, direction=direction), confirm=confirm, confirmed=confirmed,
+        interaction=interaction, interaction_why="" if interaction else why_none(trials, direction=direction),
+        confirm=confirm, confirmed=confirmed,
         comparisons=comparisons, next_space=next_space, recommendations=notes,
         recommended=recommended(name, summary, confirmed, metric, root / "configs" / slug), caveats=[],
     )  # fmt: skip
@@ -170,12 +170,12 @@ def caveats(data: ReportData) -> list[str]:
     if summary["nonfinite_numbers"]:
         numbers = ", ".join(str(number) for number in summary["nonfinite_numbers"])
         found.append(
-            f"Trial(s) {numbers} completed with a non-finite value (inf): left out of the best, the rankings, "
+            f"Trial(s) {numbers} completed with a non-finite value (±inf): left out of the best, the rankings, "
             "the importance, the interaction and the figures."
         )
     found += [f"Importance: {note}." for note in data.importances.notes]
     if data.interaction is None:
-        found.append(f"Interaction: not estimated: {NO_INTERACTION}.")
+        found.append(f"Interaction: not estimated: {data.interaction_why}.")
     elif not data.interaction.supported:
         found.append(data.interaction.verdict)
     if not data.baselines:
