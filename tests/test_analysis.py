@@ -227,3 +227,16 @@ def test_non_finite_values_are_left_out_of_rankings(tmp_path: Path) -> None:
     assert tables.with_compute(trials, direction="maximize")["best_so_far"].tolist() == [0.4, 0.4, 0.6, 0.6]
     assert trials.loc[tables.pareto_mask(trials, direction="maximize"), "number"].tolist() == [2]
     assert count(study).best_number == 2
+
+
+def test_importance_skips_resamples_an_evaluator_cannot_compute(tmp_path: Path) -> None:
+    """Three of four trials tie: about a third of the resamples hold only tied values (fANOVA: zero variance)."""
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 't.db'}", direction="maximize")
+    distributions = {"model.learning_rate": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True)}
+    for learning_rate, value in ((1e-4, 0.5), (1e-3, 0.5), (3e-3, 0.5), (9e-3, 0.6)):
+        params = {"model.learning_rate": learning_rate}
+        study.add_trial(optuna.trial.create_trial(params=params, distributions=distributions, value=value))
+    result = param_importances(study, n_resamples=20)
+    assert not result.table.empty and result.table["importance"].notna().all()
+    fanova = result.table[result.table["evaluator"] == "fanova"]
+    assert len(fanova) == 1 and 0 < int(fanova["n_resamples"].iloc[0]) < 20  # the all-tied resamples were skipped

@@ -135,7 +135,8 @@ def params_data(trials: pd.DataFrame, log_params: set[str], *, direction: str, m
         points = ranked[[column, "value"]].dropna().rename(columns={column: "x"})
         numeric = pd.api.types.is_numeric_dtype(points["x"]) and not pd.api.types.is_bool_dtype(points["x"])
         scatter = bool(numeric and points["x"].nunique() > 4)
-        if not scatter:
+        if not scatter:  # categories in value order (seaborn orders them as they first appear)
+            points = points.sort_values("x", key=lambda x: x if numeric else x.map(str), kind="stable")
             points = points.assign(x=points["x"].map(str))
         panels.append(ParamPanel(key, points.reset_index(drop=True), scatter, scatter and key in log_params))
     return ParamsData(panels, metric)

@@ -7,6 +7,7 @@ import datetime
 
 import optuna
 
+from lit_tuning.experiment.config import plain
 from lit_tuning.sweep.trial_record import (
     DONE_STATES,
     FINISHED_STATES,
@@ -74,8 +75,7 @@ def progress_line(counts: Counts, budget: int, elapsed_s: float) -> str:
 
 def short(value: object) -> str:
     """Format a parameter value compactly (4 significant digits for floats)."""
-    if hasattr(value, "item"):  # a numpy scalar from the trials table
-        value = value.item()
+    value = plain(value)  # a numpy scalar from the trials table as its Python value
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
