@@ -1,4 +1,4 @@
-"""The analysis layer on real Optuna studies in SQLite with known values: tables, compute, pruning, Pareto, stats."""
+"""The analysis layer on real Optuna studies in SQLite with known values, maximised and minimised: tables, stats."""
 
 from __future__ import annotations
 
@@ -9,90 +9,21 @@ import numpy as np
 import optuna
 import pandas as pd
 import pytest
+from analysis_helpers import FULL_STEPS, TOKENS_PER_STEP, accuracy, make_study
 
-from lit_tuning.analysis import tables
-from lit_tuning.analysis.importance import narrowed_space, param_importances, verdicts, write_space
+from lit_tuning.analysis import mlflow_runs, tables
+from lit_tuning.analysis.importance import param_importances, verdicts
+from lit_tuning.analysis.narrowing import narrowed_space, write_space
 from lit_tuning.analysis.significance import confirm_comparisons, confirm_summary, mean_ci, welch_test
 from lit_tuning.experiment.search_space import Range, load_search_space
 from lit_tuning.sweep import trial_record
-
-ROOT = Path(__file__).resolve().parents[1]
-FULL_STEPS = 1000
-TOKENS_PER_STEP = 640
-LR = optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True)
-RANK = optuna.distributions.CategoricalDistribution([4, 8, 16])
-DROPOUT = optuna.distributions.FloatDistribution(0.0, 0.2)
-SPACE_YAML = f"""\
-name: synthetic
-strategy: tpe
-n_trials: 24
-seed: 0
-pruner: {{type: median, n_startup_trials: 2}}
-base:
-  configs: [{ROOT / "configs/base.yaml"}]
-  overrides: {{trainer.max_steps: {FULL_STEPS}}}
-parameters:
-  model.learning_rate: {{low: 1.0e-4, high: 1.0e-2, log: true}}
-  model.lora_r: {{candidates: [4, 8, 16]}}
-  model.lora_dropout: {{low: 0.0, high: 0.2}}
-"""
-
-
-def accuracy(learning_rate: float, rank: int) -> float:
-    """The synthetic study's truth: a peak at lr 2e-3, a small rank effect, no dropout effect."""
-    return 0.6 - 0.15 * (math.log10(learning_rate) - math.log10(2e-3)) ** 2 + 0.002 * math.log2(rank)
-
-
-def make_study(tmp_path: Path, name: str = "synthetic", *, n_complete: int = 24) -> tuple[optuna.Study, str]:
-    """A real SQLite study: n_complete completed trials (trial 0 the base config), 3 pruned and 1 failed."""
-    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
-    study = optuna.create_study(study_name=name, storage=storage, direction="maximize")
-    space_path = tmp_path / "synthetic.yaml"
-    space_path.write_text(SPACE_YAML)
-    study.set_user_attr("search_space", str(space_path))
-    study.set_user_attr("metric", "val/letter_position_accuracy")
-    rng = np.random.default_rng(0)
-    distributions = {"model.learning_rate": LR, "model.lora_r": RANK, "model.lora_dropout": DROPOUT}
-
-    def add(params: dict, state: optuna.trial.TrialState, steps: int, value: float | None, **attrs) -> None:
-        curve = {step: (value or 0.3) * step / steps for step in range(100, steps + 1, 100)}
-        user_attrs = {"steps": steps, "tokens": steps * TOKENS_PER_STEP, "duration_s": steps * 0.2,
-                      "trainable_params": 6144 * params["model.lora_r"], "total_params": 881_280, **attrs}  # fmt: skip
-        study.add_trial(
-            optuna.trial.create_trial(
-                params=params,
-                distributions=distributions,
-                value=value,
-                state=state,
-                intermediate_values=curve if state != optuna.trial.TrialState.FAIL else {},
-                user_attrs=user_attrs,
-            )  # fmt: skip
-        )
-
-    base = {"model.learning_rate": 2e-3, "model.lora_r": 16, "model.lora_dropout": 0.0}
-    add(base, optuna.trial.TrialState.COMPLETE, FULL_STEPS, accuracy(2e-3, 16) - 0.05, is_base_config=True)
-    for _ in range(n_complete - 1):
-        params = {
-            "model.learning_rate": float(10 ** rng.uniform(-4, -2)),
-            "model.lora_r": int(rng.choice([4, 8, 16])),
-            "model.lora_dropout": float(rng.uniform(0, 0.2)),
-        }
-        add(
-            params,
-            optuna.trial.TrialState.COMPLETE,
-            FULL_STEPS,
-            accuracy(params["model.learning_rate"], params["model.lora_r"]),
-        )
-    for steps in (100, 200, 300):  # pruned early: 900 + 800 + 700 steps saved
-        add({**base, "model.learning_rate": 1.1e-4}, optuna.trial.TrialState.PRUNED, steps, None, reason="pruned")
-    add(base, optuna.trial.TrialState.FAIL, 50, None, reason="RuntimeError: boom")
-    return study, storage
+from lit_tuning.sweep.progress import count, progress_line, status_table
 
 
 def test_trials_table_counts_best_and_base(tmp_path: Path) -> None:
     study, _ = make_study(tmp_path)
     trials = trial_record.trials_frame(study)
-    summary = tables.study_summary(trials)
+    summary = tables.study_summary(trials, direction="maximize")
     assert summary["n_trials"] == 28
     assert summary["counts"] == {"COMPLETE": 24, "PRUNED": 3, "FAIL": 1, "RUNNING": 0, "WAITING": 0}
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
@@ -105,7 +36,7 @@ def test_trials_table_counts_best_and_base(tmp_path: Path) -> None:
 
 def test_compute_and_best_so_far_follow_trial_order(tmp_path: Path) -> None:
     study, _ = make_study(tmp_path, n_complete=5)
-    frame = tables.with_compute(trial_record.trials_frame(study))
+    frame = tables.with_compute(trial_record.trials_frame(study), direction="maximize")
     assert frame.attrs["compute_unit"] == "tokens"
     assert frame["cumulative_compute"].iloc[-1] == (5 * FULL_STEPS + 600 + 50) * TOKENS_PER_STEP
     values = [t.value for t in sorted(study.trials, key=lambda t: t.number)]
@@ -129,7 +60,7 @@ def test_pareto_front_keeps_only_undominated_trials(tmp_path: Path) -> None:
     for cost, value in ((100, 0.5), (200, 0.6), (300, 0.55), (50, 0.3), (100, 0.45)):
         study.add_trial(optuna.trial.create_trial(value=value, user_attrs={"trainable_params": cost}))
     trials = trial_record.trials_frame(study)
-    front = trials.loc[tables.pareto_mask(trials), "trainable_params"].tolist()
+    front = trials.loc[tables.pareto_mask(trials, direction="maximize"), "trainable_params"].tolist()
     assert sorted(front) == [50, 100, 200]
 
 
@@ -143,7 +74,8 @@ def test_curves_table_has_each_report(tmp_path: Path) -> None:
 def test_mlflow_tables_skip_trials_without_runs(tmp_path: Path) -> None:
     study, _ = make_study(tmp_path, n_complete=2)
     trials = trial_record.trials_frame(study)
-    assert tables.mlflow_curves(trials).empty and tables.mlflow_baselines(trials) == {}
+    assert mlflow_runs.mlflow_curves(trials).empty and mlflow_runs.mlflow_baselines(trials) == {}
+    assert mlflow_runs.mlflow_links(trials, "http://127.0.0.1:5000") == {}
 
 
 def test_mean_ci_matches_student_t() -> None:
@@ -157,11 +89,11 @@ def test_mean_ci_matches_student_t() -> None:
 
 
 def test_welch_test_separates_clear_and_overlapping_differences() -> None:
-    clear = welch_test([0.60, 0.61, 0.62], [0.40, 0.41, 0.43], names=("best", "base"))
+    clear = welch_test([0.60, 0.61, 0.62], [0.40, 0.41, 0.43], direction="maximize", names=("best", "base"))
     assert clear.significant and clear.p_value < 0.001 and "best is better" in clear.verdict
-    close = welch_test([0.50, 0.55, 0.60], [0.49, 0.54, 0.61], names=("a", "b"))
+    close = welch_test([0.50, 0.55, 0.60], [0.49, 0.54, 0.61], direction="maximize", names=("a", "b"))
     assert not close.significant and "indistinguishable" in close.verdict
-    assert math.isnan(welch_test([0.5], [0.4]).p_value)
+    assert math.isnan(welch_test([0.5], [0.4], direction="maximize").p_value)
 
 
 def test_confirm_comparisons_rank_best_runner_up_and_base() -> None:
@@ -172,17 +104,17 @@ def test_confirm_comparisons_rank_best_runner_up_and_base() -> None:
             "value": [0.40, 0.41, 0.42, 0.60, 0.62, 0.61, 0.59, 0.63, 0.60],
         }
     )
-    summary = confirm_summary(confirm)
+    summary = confirm_summary(confirm, direction="maximize")
     assert summary["config"].tolist() == ["rank01_t0003", "rank02_t0007", "base"]
     assert summary.loc[0, "mean"] == pytest.approx(0.61)
-    runner_up, base = confirm_comparisons(confirm)
+    runner_up, base = confirm_comparisons(confirm, direction="maximize")
     assert (runner_up.first, runner_up.second, runner_up.significant) == ("rank01_t0003", "rank02_t0007", False)
     assert (base.second, base.significant) == ("base", True)
 
 
 def test_importance_finds_the_parameter_that_matters(tmp_path: Path) -> None:
     study, _ = make_study(tmp_path)
-    importances = param_importances(study, n_resamples=10)
+    importances = param_importances(study, n_resamples=10).table
     table = verdicts(importances).set_index("param")
     assert table.loc["model.learning_rate", "verdict"] == "matters"
     assert table.loc["model.learning_rate", "importance"] == table["importance"].max()
@@ -195,8 +127,8 @@ def test_narrowed_space_narrows_what_matters_and_loads(tmp_path: Path) -> None:
     study, _ = make_study(tmp_path)
     trials = trial_record.trials_frame(study)
     space = load_search_space(study.user_attrs["search_space"])
-    table = verdicts(param_importances(study, n_resamples=10))
-    document, notes = narrowed_space(space, trials, table, study=study.study_name)
+    table = verdicts(param_importances(study, n_resamples=10).table)
+    document, notes = narrowed_space(space, trials, table, study=study.study_name, direction="maximize")
     written = write_space(document, tmp_path / "next.yaml")
     lr = written.parameters["model.learning_rate"]
     assert isinstance(lr, Range) and lr.log
@@ -211,3 +143,100 @@ def test_write_space_refuses_a_space_the_sweep_would_refuse(tmp_path: Path) -> N
     with pytest.raises(ValueError, match="no_such_key"):
         write_space(document, tmp_path / "bad.yaml")
     assert list(tmp_path.iterdir()) == []  # nothing half-written
+
+
+# A minimised study (val/loss = 1 - accuracy of the same trials): every ranking must turn round.
+
+
+def test_summary_compute_and_pareto_follow_a_minimised_direction(tmp_path: Path) -> None:
+    study, _ = make_study(tmp_path, n_complete=8, minimize=True)
+    trials = trial_record.trials_frame(study)
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    lowest, highest = min(complete, key=lambda t: t.value), max(complete, key=lambda t: t.value)
+    summary = tables.study_summary(trials, direction="minimize")
+    assert (summary["best_number"], summary["best_value"]) == (lowest.number, lowest.value) == (
+        study.best_trial.number, study.best_trial.value)  # fmt: skip
+    assert summary["best_number"] != highest.number
+    frame = tables.with_compute(trials, direction="minimize")
+    assert frame["best_so_far"].is_monotonic_decreasing and frame["best_so_far"].iloc[-1] == lowest.value
+    front = trials.loc[tables.pareto_mask(trials, direction="minimize")]
+    assert lowest.number in set(front["number"]) and highest.number not in set(front["number"])
+    for _, row in front.iterrows():  # nothing cheaper has a lower loss
+        cheaper = trials[(trials["state"] == "COMPLETE") & (trials["trainable_params"] < row["trainable_params"])]
+        assert (cheaper["value"] > row["value"]).all()
+
+
+def test_pareto_front_of_a_minimised_study(tmp_path: Path) -> None:
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'p.db'}", direction="minimize")
+    for cost, value in ((100, 0.5), (200, 0.4), (300, 0.45), (50, 0.7), (100, 0.55)):
+        study.add_trial(optuna.trial.create_trial(value=value, user_attrs={"trainable_params": cost}))
+    trials = trial_record.trials_frame(study)
+    assert sorted(trials.loc[tables.pareto_mask(trials, direction="minimize"), "trainable_params"]) == [50, 100, 200]
+
+
+def test_confirm_summary_and_welch_rank_lower_first_when_minimised() -> None:
+    confirm = pd.DataFrame(
+        {"config": ["base"] * 3 + ["rank01_t0003"] * 3, "seed": [0, 1, 2] * 2,
+         "value": [0.60, 0.61, 0.62, 0.40, 0.41, 0.39]}
+    )  # fmt: skip
+    summary = confirm_summary(confirm, direction="minimize")
+    assert summary["config"].tolist() == ["rank01_t0003", "base"]
+    (against_base,) = confirm_comparisons(confirm, direction="minimize")
+    assert (against_base.first, against_base.second) == ("rank01_t0003", "base")
+    assert against_base.significant and against_base.verdict.startswith("rank01_t0003 is better")
+    assert welch_test([0.4, 0.41, 0.39], [0.6, 0.61, 0.62], direction="maximize", names=("a", "b")).verdict.startswith(
+        "b is better"
+    )
+
+
+def test_narrowed_space_of_a_minimised_study_surrounds_the_lowest_loss(tmp_path: Path) -> None:
+    study, _ = make_study(tmp_path, minimize=True)
+    trials = trial_record.trials_frame(study)
+    space = load_search_space(study.user_attrs["search_space"])
+    assert space.direction == "minimize"
+    table = verdicts(param_importances(study, n_resamples=10).table)
+    assert table.set_index("param").loc["model.learning_rate", "verdict"] == "matters"
+    document, _ = narrowed_space(space, trials, table, study=study.study_name, direction="minimize")
+    lr = write_space(document, tmp_path / "next.yaml").parameters["model.learning_rate"]
+    assert lr.low < 2e-3 < lr.high and lr.high / lr.low < 50  # around the true optimum, where loss is lowest
+    best_lr = study.best_trial.params["model.learning_rate"]
+    assert lr.low <= best_lr <= lr.high
+
+
+def test_status_table_and_progress_rank_a_minimised_study(tmp_path: Path) -> None:
+    study, _ = make_study(tmp_path, n_complete=6, minimize=True)
+    counts = count(study)
+    assert (counts.best_number, counts.best_value) == (study.best_trial.number, study.best_trial.value)
+    assert (counts.done, counts.finished, counts.failed) == (9, 10, 1)  # 6 complete + 3 pruned; + 1 failed
+    assert f"best {study.best_trial.value:.4f} (t{study.best_trial.number:04d}" in progress_line(counts, 10, 0)
+    lines = status_table(study).splitlines()
+    assert "(minimize)" in lines[0] and "9/" in lines[0]
+    first_row = lines[2].split()
+    assert int(first_row[0]) == study.best_trial.number and first_row[1] == "COMPLETE"
+    ranked = [float(line.split()[2]) for line in lines[2:] if line.split()[1] == "COMPLETE"]
+    assert ranked == sorted(ranked)  # ascending loss: best first
+
+
+def test_non_finite_values_are_left_out_of_rankings(tmp_path: Path) -> None:
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'n.db'}", direction="maximize")
+    for value in (0.4, math.inf, 0.6, -math.inf):
+        study.add_trial(optuna.trial.create_trial(value=value, user_attrs={"trainable_params": 10}))
+    trials = trial_record.trials_frame(study)
+    summary = tables.study_summary(trials, direction="maximize")
+    assert (summary["best_number"], summary["nonfinite_numbers"]) == (2, [1, 3])
+    assert tables.with_compute(trials, direction="maximize")["best_so_far"].tolist() == [0.4, 0.4, 0.6, 0.6]
+    assert trials.loc[tables.pareto_mask(trials, direction="maximize"), "number"].tolist() == [2]
+    assert count(study).best_number == 2
+
+
+def test_importance_skips_resamples_an_evaluator_cannot_compute(tmp_path: Path) -> None:
+    """Three of four trials tie: about a third of the resamples hold only tied values (fANOVA: zero variance)."""
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 't.db'}", direction="maximize")
+    distributions = {"model.learning_rate": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True)}
+    for learning_rate, value in ((1e-4, 0.5), (1e-3, 0.5), (3e-3, 0.5), (9e-3, 0.6)):
+        params = {"model.learning_rate": learning_rate}
+        study.add_trial(optuna.trial.create_trial(params=params, distributions=distributions, value=value))
+    result = param_importances(study, n_resamples=20)
+    assert not result.table.empty and result.table["importance"].notna().all()
+    fanova = result.table[result.table["evaluator"] == "fanova"]
+    assert len(fanova) == 1 and 0 < int(fanova["n_resamples"].iloc[0]) < 20  # the all-tied resamples were skipped

@@ -1,8 +1,10 @@
-"""The HTML report end to end on a real SQLite study: content, escaping, errors, comparison, and a real browser."""
+"""The HTML report end to end on real SQLite studies (every legal shape, minimised too): content, escaping, errors."""
 
 from __future__ import annotations
 
+import base64
 import json
+import math
 import re
 import shutil
 import subprocess
@@ -13,7 +15,7 @@ import optuna
 import pandas as pd
 import pytest
 import yaml
-from test_analysis import ROOT, make_study
+from analysis_helpers import LEGAL_KINDS, ROOT, legal_study, make_study
 
 from lit_tuning.analysis.report import build_report, main
 from lit_tuning.experiment.search_space import load_search_space
@@ -109,14 +111,30 @@ def test_cli_refuses_unknown_study_and_missing_storage(
     assert not (tmp_path / "reports").exists()
 
 
+def table_rows(html: str, table_id: str) -> list[list[str]]:
+    """The cell texts of each body row of the table with this id (the rendered text, not the page's scripts)."""
+    table = re.search(rf'<table id="{table_id}".*?<tbody>(.*?)</tbody>', html, re.S)
+    assert table, f"no table {table_id!r} in the page"
+    rows = re.findall(r"<tr>(.*?)</tr>", table.group(1), re.S)
+    return [
+        [re.sub(r"<[^>]+>", "", cell).strip() for cell in re.findall(r"<td[^>]*>(.*?)</td>", row, re.S)] for row in rows
+    ]
+
+
 def test_compare_report_lists_each_study(report: dict, tmp_path: Path) -> None:
     root = tmp_path / "results"
-    _, storage = make_study(tmp_path, "first", n_complete=5)
-    second = optuna.create_study(study_name="second", storage=storage, direction="maximize")
-    second.add_trial(optuna.trial.create_trial(value=0.7, user_attrs={"steps": 10, "tokens": 100}))
+    first, storage = make_study(tmp_path, "first", n_complete=5)
+    second = optuna.create_study(study_name="second", storage=storage, direction="minimize")
+    for value in (0.9, 0.7, 0.8):
+        second.add_trial(optuna.trial.create_trial(value=value, user_attrs={"steps": 10, "tokens": 100}))
     assert main(["--compare", "first", "second", "--storage", storage, "--root", str(root)]) == 0
     html = next((root / "reports").glob("compare-*.html")).read_text()
-    assert "first" in html and "second" in html and "0.7000" in html
+    rows = {row[0]: row for row in table_rows(html, "comparison")}
+    assert set(rows) == {"first", "second"}
+    # study, direction, trials, completed, pruned, failed, best value, best trial, base, compute, saved
+    assert rows["first"][1:8] == ["maximize", "9", "5", "3", "1", f"{first.best_trial.value:.4f}",
+                                  str(first.best_trial.number)]  # fmt: skip
+    assert rows["second"][1:8] == ["minimize", "3", "3", "0", "0", "0.7000", "1"]  # the lowest value is the best
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Chromium: apt-get install chromium")
@@ -177,6 +195,9 @@ def test_confirm_reruns_configs_over_seeds(tmp_path: Path, micro_model_dir: Path
         ("rank01_t0000", 1),
     ]
     assert table["value"].between(0, 1).all()
+    for row in table.itertuples():  # each run was made with its own seed, as its saved config shows
+        saved = yaml.safe_load((Path(row.run_dir) / "config.yaml").read_text())
+        assert saved["seed_everything"] == row.seed, row.run_dir
 
 
 def test_report_on_a_running_study(tmp_path: Path) -> None:
@@ -184,3 +205,69 @@ def test_report_on_a_running_study(tmp_path: Path) -> None:
     study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.RUNNING, user_attrs={"steps": 0}))
     paths = build_report("live", storage=storage, root=tmp_path / "results", spaces_dir=tmp_path / "s", n_resamples=3)
     assert "5 completed, 3 pruned, 1 failed, 1 running" in paths.html.read_text()
+
+
+def test_report_withholds_an_interaction_from_thin_cells(report: dict) -> None:
+    html = report["html"]
+    # 24 trials over 3 x 3 cells leave some cells with 0-2 trials: the strongest pair is named but not claimed.
+    text = re.search(r'<p id="interaction">(.*?)</p>', html, re.S).group(1)
+    assert text.startswith("No interaction is claimed") and "bootstrap interval" in text and "permutation p" in text
+    assert "at least 3 trials in every cell" in text
+
+
+# What the report must say (in its caveats, HTML-escaped) for each legal but awkward study.
+EXPECTED_CAVEATS = {
+    "ties_all": ["there is no variance to explain", "there is no variance to split"],
+    "ties_top": [],
+    "single": ["Only one completed trial", "importance needs at least 4 completed trials"],
+    "all_pruned": ["No completed trial with a finite value (0 completed, 4 pruned, 0 failed)"],
+    "all_failed": ["No completed trial with a finite value (0 completed, 0 pruned, 3 failed)"],
+    "one_param": ["Interaction: not estimated"],
+    "categorical": [],
+    "nonfinite": ["Trial(s) 0, 1 completed with a non-finite value (±inf)", "non-finite value are left out"],
+}
+
+
+@pytest.mark.parametrize("kind", LEGAL_KINDS)
+def test_every_legal_study_gets_a_report(kind: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    study, storage = legal_study(tmp_path, kind)
+    root = tmp_path / "results"
+    args = ["--study", kind, "--storage", storage, "--root", str(root), "--spaces-dir", str(tmp_path / "spaces")]
+    assert main([*args, "--resamples", "2"]) == 0, capsys.readouterr().err
+    html = (root / "reports" / f"{kind}.html").read_text()
+    images = re.findall(r'src="data:image/png;base64,([^"]+)"', html)
+    assert len(images) == 7 and all(base64.b64decode(image)[:4] == b"\x89PNG" for image in images)
+    caveats = " ".join(re.findall(r"<li>(.*?)</li>", re.search(r'<ul id="caveats">(.*?)</ul>', html, re.S).group(1)))
+    for expected in EXPECTED_CAVEATS[kind]:
+        assert expected in caveats, caveats
+    ranked = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE and math.isfinite(t.value)]
+    if ranked:
+        best = (min if kind == "minimize" else max)(ranked, key=lambda t: t.value)
+        assert re.search(rf'id="best-value">{best.value:.4f}<', html), kind
+    else:
+        assert 'id="best-value">–<' in html and "No recommendation yet" in html
+
+
+def test_report_of_a_minimised_study_ranks_lower_first(tmp_path: Path) -> None:
+    study, storage = make_study(tmp_path, "loss", minimize=True)
+    root = tmp_path / "results"
+    confirm = pd.DataFrame(
+        {"config": ["rank01_t0003"] * 3 + ["base"] * 3, "seed": [0, 1, 2] * 2,
+         "value": [0.40, 0.41, 0.39, 0.55, 0.56, 0.54]}
+    )  # fmt: skip
+    (root / "data" / "loss").mkdir(parents=True)
+    confirm.to_csv(root / "data" / "loss" / "confirm.csv", index=False)
+    paths = build_report("loss", storage=storage, root=root, spaces_dir=tmp_path / "spaces", n_resamples=3)
+    html = paths.html.read_text()
+    assert re.search(rf'id="best-value">{study.best_trial.value:.4f}<', html) and "(lower is better)" in html
+    assert "Reference accuracies (chance, best constant letter) are not drawn: the objective is val/loss" in html
+    assert (
+        json.loads((paths.data_dir / "summary.json").read_text())["summary"]["best_number"] == study.best_trial.number
+    )
+    assert "rank01_t0003 is better" in html and "expected val/loss 0.4000" in html
+    assert table_rows(html, "confirm")[0][0] == "rank01_t0003"
+    lr = load_search_space(paths.next_space).parameters["model.learning_rate"]
+    assert lr.low <= study.best_trial.params["model.learning_rate"] <= lr.high and lr.high / lr.low < 50
+    trials = pd.read_csv(paths.data_dir / "report_trials.csv")
+    assert trials["best_so_far"].dropna().is_monotonic_decreasing
+    assert study.best_trial.number in set(trials.loc[trials["pareto"], "number"])

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from lit_tuning.analysis.report import ROOT, ReportError, open_study, study_space
+from lit_tuning.analysis.report import ROOT, ReportError, load_existing_study
+from lit_tuning.analysis.report_data import study_space
 from lit_tuning.analysis.significance import BASE_LABEL
 from lit_tuning.files import atomic_write
 from lit_tuning.paths import BASE_CONFIG, DEFAULT_STORAGE, study_slug
@@ -23,16 +24,17 @@ CONFIRM_COLUMNS = ["config", "seed", "value", "run_dir"]
 
 @dataclasses.dataclass(frozen=True)
 class Job:
-    """One re-run: a config label, the `fit` arguments that compose it, and the seed."""
+    """One re-run: a config label, the `fit` arguments that compose it, the seed, and the study's objective metric."""
 
     label: str
     config_args: tuple[str, ...]
     seed: int
+    metric: str = PRIMARY_METRIC
 
 
 def plan(study_name: str, *, storage: str, root: Path, top_k: int, seeds: int) -> list[Job]:
     """The re-runs: the top-k rank files the sweep wrote, then the base config, each with seeds 0..seeds-1."""
-    study = open_study(study_name, storage)
+    study = load_existing_study(study_name, storage)
     slug = study_slug(study.study_name)
     config_dir = root / "configs" / slug
     ranked = sorted(config_dir.glob("rank*_t*.yaml"))[:top_k]
@@ -46,7 +48,8 @@ def plan(study_name: str, *, storage: str, root: Path, top_k: int, seeds: int) -
         )
     configs = [(path.stem, ("--config", BASE_CONFIG, "--config", str(path))) for path in ranked]
     configs.append((BASE_LABEL, tuple(space.base.cli_args())))
-    return [Job(label, args, seed) for label, args in configs for seed in range(seeds)]
+    metric = study.user_attrs.get("metric", PRIMARY_METRIC)  # a minimised study's val/loss, not always accuracy
+    return [Job(label, args, seed, metric) for label, args in configs for seed in range(seeds)]
 
 
 def final_value(run_dir: Path, metric: str = PRIMARY_METRIC) -> float:
@@ -88,7 +91,7 @@ def run_jobs(
             {
                 "config": job.label,
                 "seed": job.seed,
-                "value": final_value(runs_root / run_name),
+                "value": final_value(runs_root / run_name, job.metric),
                 "run_dir": str(runs_root / run_name),
             }
         )
@@ -115,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         if value < 1:
             parser.error(f"{flag} = {value}; allowed: an integer >= 1")
     try:
-        study = open_study(args.study, args.storage)
+        study = load_existing_study(args.study, args.storage)
         jobs = plan(study.study_name, storage=args.storage, root=args.root, top_k=args.top_k, seeds=args.seeds)
         if args.dry_run:
             for job in jobs:

@@ -1,42 +1,32 @@
-"""`make report`: a study's figures, analysis tables and one self-contained HTML report."""
+"""`make report`: a study's figures, analysis tables and one self-contained HTML report (compute, draw, write)."""
 
 from __future__ import annotations
 
 import argparse
-import base64
 import dataclasses
 import datetime
-import importlib.resources
 import json
-import math
 import sys
 from pathlib import Path
-from typing import Any
 
-import jinja2
 import optuna
 import pandas as pd
 
+from lit_tuning.analysis import figure_data as fd
 from lit_tuning.analysis import figures as viz
-from lit_tuning.analysis.importance import Recommendation, narrowed_space, param_importances, verdicts, write_space
-from lit_tuning.analysis.significance import confirm_comparisons, confirm_summary
-from lit_tuning.analysis.tables import (
-    mlflow_baselines,
-    mlflow_curves,
-    pareto_mask,
-    pruning_savings,
-    study_summary,
-    with_compute,
-)
-from lit_tuning.experiment.search_space import SearchSpace, SearchSpaceError, load_search_space
+from lit_tuning.analysis.html import figure_entries, render, report_context
+from lit_tuning.analysis.mlflow_runs import mlflow_links
+from lit_tuning.analysis.narrowing import write_space
+from lit_tuning.analysis.report_data import ReportData, compute_report
+from lit_tuning.analysis.tables import pruning_savings, study_summary, with_compute
+from lit_tuning.experiment.config import plain
+from lit_tuning.experiment.search_space import SearchSpaceError
 from lit_tuning.files import atomic_write
 from lit_tuning.paths import DEFAULT_STORAGE, SPACES_DIR, sqlite_file, study_slug
 from lit_tuning.paths import RESULTS_ROOT as ROOT
-from lit_tuning.sweep.trial_record import curves_frame, latest_study_name, load_study, param_columns, trials_frame
-from lit_tuning.train.metrics import PRIMARY_METRIC, chance_accuracy
+from lit_tuning.sweep.trial_record import latest_study_name, load_study, study_direction, trials_frame
 
 MLFLOW_UI = "http://127.0.0.1:5000"  # where `make mlflow-ui` serves
-TEMPLATE = "report.html.j2"
 
 
 class ReportError(ValueError):
@@ -53,8 +43,8 @@ class ReportPaths:
     next_space: Path | None
 
 
-def open_study(study_name: str | None, storage: str) -> optuna.Study:
-    """Load the named study (or the most recent one), refusing a missing SQLite file instead of creating it."""
+def load_existing_study(study_name: str | None, storage: str) -> optuna.Study:
+    """Load the named study (or the most recent one); never create a study or a missing SQLite file."""
     try:
         database = sqlite_file(storage)
     except ValueError as error:
@@ -72,84 +62,6 @@ def open_study(study_name: str | None, storage: str) -> optuna.Study:
     return load_study(study_name, storage)
 
 
-def study_space(study: optuna.Study) -> SearchSpace | None:
-    """The search space the study ran, from its `search_space` user attribute; None when unset or gone."""
-    path = study.user_attrs.get("search_space")
-    if not path or not Path(path).is_file():
-        return None
-    try:
-        return load_search_space(path)
-    except SearchSpaceError as error:
-        print(f"warning: search space of study {study.study_name!r} no longer loads: {error}", file=sys.stderr)
-        return None
-
-
-def baselines_for(trials: pd.DataFrame, space: SearchSpace | None) -> dict[str, float]:
-    """The reference accuracies: from the trials' MLflow runs, else recomputed from the space's data config."""
-    found = mlflow_baselines(trials)
-    if found:
-        return found
-    if space is not None:
-        from lit_tuning.train.data import SpellingDataModule  # the word split only: no tokenizer or model is loaded
-
-        data = space.resolved_base.to_dict()["data"]
-        return SpellingDataModule(**data).baselines("val")
-    return {"baseline/chance": chance_accuracy()}
-
-
-def log_params(study: optuna.Study) -> set[str]:
-    """Parameters sampled on a log scale (from the trials' Optuna distributions)."""
-    return {
-        name
-        for trial in study.get_trials(deepcopy=False)
-        for name, distribution in trial.distributions.items()
-        if getattr(distribution, "log", False)
-    }
-
-
-def mlflow_links(trials: pd.DataFrame, ui: str) -> dict[int, str]:
-    """Trial number -> the MLflow UI address of its run (needs the run's experiment id from its store)."""
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
-
-    links = {}
-    for trial in trials[trials["mlflow_run_id"].notna() & trials["mlflow_tracking_uri"].notna()].itertuples():
-        try:
-            run = MlflowClient(tracking_uri=str(trial.mlflow_tracking_uri)).get_run(str(trial.mlflow_run_id))
-        except MlflowException:
-            continue
-        links[int(trial.number)] = f"{ui.rstrip('/')}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
-    return links
-
-
-def embed_png(path: Path) -> str:
-    """A data: URI of a PNG, so that the report opens offline from disk with no files beside it."""
-    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
-
-
-def render(context: dict[str, Any]) -> str:
-    """Render the HTML template beside this module; every value is HTML-escaped unless marked safe."""
-    text = importlib.resources.files(__package__).joinpath(TEMPLATE).read_text(encoding="utf-8")
-    environment = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
-    environment.filters["num"] = _number
-    return environment.from_string(text).render(**context)
-
-
-def _plain(value: Any) -> Any:
-    """JSON fallback: numpy scalars as Python numbers (not their text), anything else as text."""
-    return value.item() if hasattr(value, "item") else str(value)
-
-
-def _number(value: Any, digits: int = 4) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
-        return "–"
-    if isinstance(value, float):
-        return f"{value:.3g}" if 0 < abs(value) < 0.01 else f"{value:.{digits}f}"  # learning rates keep their digits
-    if isinstance(value, int):
-        return f"{value:,}"
-    return str(value)
-
-
 def build_report(
     study_name: str | None,
     *,
@@ -160,109 +72,69 @@ def build_report(
     n_resamples: int = 20,
 ) -> ReportPaths:
     """Analyse a study and write its tables, figures, next search space and HTML report."""
-    study = open_study(study_name, storage)
-    name, slug = study.study_name, study_slug(study.study_name)
-    trials = trials_frame(study)
-    if trials.empty:
-        raise ReportError(f"study {name!r} in {storage} has no trials yet; allowed: a study with at least one trial")
-    curves = curves_frame(study, study.user_attrs.get("metric", PRIMARY_METRIC))
-    train_curves = mlflow_curves(trials)
-    space = study_space(study)
-    baselines = baselines_for(trials, space)
-    summary = study_summary(trials)
-    full_steps = None
-    if space is not None and "trainer.max_steps" not in space.parameters:
-        full_steps = int(space.resolved_base["trainer.max_steps"])
-    savings = pruning_savings(trials, full_steps)
-    importances = param_importances(study, n_resamples=n_resamples)
-    verdict_table = verdicts(importances)
-    data_dir, figure_dir = root / "data" / slug, root / "figures" / slug
-    confirm_path = data_dir / "confirm.csv"
-    confirm = pd.read_csv(confirm_path) if confirm_path.is_file() else None
-    confirmed = confirm_summary(confirm) if confirm is not None and len(confirm) else None
-    comparisons = confirm_comparisons(confirm) if confirmed is not None else []
-
-    figures = [
-        viz.plot_history(trials, curves, baselines, figure_dir / "history.png"),
-        viz.plot_importance(importances, figure_dir / "importance.png"),
-        viz.plot_params(trials, log_params(study), baselines, figure_dir / "params.png"),
-        viz.plot_interaction(trials, figure_dir / "interaction.png"),
-        viz.plot_curves(curves, baselines, figure_dir / "curves.png", train_curves),
-        viz.plot_pareto(trials, baselines, figure_dir / "pareto.png"),
-        viz.plot_pruning(trials, savings, figure_dir / "pruning.png"),
-    ]
-    if confirmed is not None:
-        figures.append(viz.plot_confirm(confirm, confirmed, baselines, figure_dir / "confirm.png"))
-
-    # trials.csv and curves.csv beside these are the sweep's; the report's own tables have their own names.
-    _write_table(with_compute(trials).assign(pareto=pareto_mask(trials)), data_dir / "report_trials.csv")
-    _write_table(train_curves, data_dir / "train_curves.csv")
-    _write_table(importances, data_dir / "importance.csv")
-    if confirmed is not None:
-        _write_table(confirmed, data_dir / "confirm_summary.csv")
-
-    next_space, notes = None, []
-    if space is not None and not verdict_table.empty:
-        document, notes = narrowed_space(space, trials, verdict_table, study=name)
-        next_space = spaces_dir / f"{slug}-next.yaml"
-        header = f"# Narrowed search space written by `python -m lit_tuning.analysis.report` from study {slug}.\n"
-        write_space(document, next_space, header)
-    recommended = _recommended(name, summary, confirmed, root / "configs" / slug)
-    facts = {"summary": summary, "savings": savings, "baselines": baselines, "next_space": str(next_space or "")}
-    atomic_write(data_dir / "summary.json", json.dumps(facts, indent=1, default=_plain) + "\n")
-
-    html = render(
-        {
-            "study": name,
-            "generated": datetime.datetime.now().isoformat(timespec="seconds"),
-            "storage": storage,
-            "metric": study.user_attrs.get("metric", PRIMARY_METRIC),
-            "strategy": study.user_attrs.get("strategy", space.strategy if space else "?"),
-            "pruner": study.user_attrs.get("pruner", space.pruner if space else "?"),
-            "summary": summary,
-            "savings": savings,
-            "compute_unit": with_compute(trials).attrs["compute_unit"],
-            "baselines": baselines,
-            "figures": [{"name": path.stem, "src": embed_png(path)} for path in figures],
-            "columns": ["number", "state", "value", "steps", "tokens", "duration_s", *param_columns(trials), "reason"],
-            "trials": trials.to_dict("records"),
-            "links": mlflow_links(trials, mlflow_ui),
-            "verdicts": verdict_table.to_dict("records"),
-            "confirmed": None if confirmed is None else confirmed.to_dict("records"),
-            "comparisons": comparisons,
-            "indistinguishable": any(not c.significant for c in comparisons[:1]),
-            "recommendations": notes,
-            "recommended": recommended,
-            "next_space": str(next_space) if next_space else None,
-            "space_path": space.path if space else None,
-        }
+    study = load_existing_study(study_name, storage)
+    if not study.get_trials(deepcopy=False):
+        raise ReportError(f"study {study.study_name!r} in {storage} has no trials yet; allowed: a study with a trial")
+    data = compute_report(study, storage=storage, root=root, n_resamples=n_resamples)
+    figures = draw_figures(data, root / "figures" / data.slug)
+    data_dir = write_tables(data, root / "data" / data.slug)
+    next_space, caveats = write_next_space(data, spaces_dir)
+    context = report_context(
+        data, figures=figures, links=mlflow_links(data.trials, mlflow_ui), next_space=next_space, caveats=caveats
     )
-    path = atomic_write(root / "reports" / f"{slug}.html", html)
-    return ReportPaths(path, figures, data_dir, next_space)
+    html = atomic_write(root / "reports" / f"{data.slug}.html", render(context))
+    return ReportPaths(html, figures, data_dir, next_space)
 
 
-def _recommended(name: str, summary: dict, confirmed: pd.DataFrame | None, configs_dir: Path) -> Recommendation:
-    """The config to use now, with its expected accuracy: confirmed mean ± CI where re-run, else the single trial."""
-    best_file = configs_dir / "best.yaml"
-    where = f"`python -m lit_tuning fit --config configs/base.yaml --config {best_file}`"
-    tuned = None if confirmed is None else confirmed[confirmed["config"] != "base"]
-    if tuned is not None and len(tuned):
-        row = tuned.iloc[0]
-        ci = f"{row['mean']:.4f} (95% CI {row['ci_low']:.4f}-{row['ci_high']:.4f}, {int(row['n'])} seeds)"
-        config = row["config"]
-        config_file = best_file if config == "best" else configs_dir / f"{config}.yaml"
-        return Recommendation(
-            f"Use {config_file}: expected accuracy {ci}",
-            f"highest mean over seeds in `make confirm STUDY={name}`; replay it with "
-            f"`python -m lit_tuning fit --config configs/base.yaml --config {config_file}`",
-        )
-    if summary["best_value"] is None:
-        return Recommendation("No recommendation yet", "the study has no completed trial")
-    return Recommendation(
-        f"Use trial {summary['best_number']} ({best_file}): {summary['best_value']:.4f} from a single seed",
-        f"best completed trial; no confidence interval until `make confirm STUDY={name}` re-runs it over seeds; "
-        f"{where}",
-    )
+def draw_figures(data: ReportData, figure_dir: Path) -> list[Path]:
+    """Compute each figure's data from the report data, draw it, and save it as <figure_dir>/<name>.png."""
+    metric, direction = data.metric, data.direction
+    drawn = {
+        "history": viz.draw_history(fd.history_data(data.trials, data.curves, direction=direction, metric=metric),
+                                    data.baselines),
+        "importance": viz.draw_importance(fd.importance_data(data.importances)),
+        "params": viz.draw_params(fd.params_data(data.trials, data.log_params, direction=direction, metric=metric),
+                                  data.baselines),
+        "interaction": viz.draw_interaction(data.interaction, data.interaction_why, metric),
+        "curves": viz.draw_curves(fd.curves_data(data.curves, data.train_curves, metric=metric), data.baselines),
+        "pareto": viz.draw_pareto(fd.pareto_data(data.trials, direction=direction, metric=metric), data.baselines),
+        "pruning": viz.draw_pruning(fd.pruning_data(data.trials, data.savings)),
+    }  # fmt: skip
+    if data.confirmed is not None:
+        confirm = fd.confirm_data(data.confirm, data.confirmed, metric=metric)
+        drawn["confirm"] = viz.draw_confirm(confirm, data.baselines)
+    return [viz.save_figure(figure, figure_dir / f"{name}.png") for name, figure in drawn.items()]
+
+
+def write_tables(data: ReportData, data_dir: Path) -> Path:
+    """The report's own tables beside the sweep's trials.csv and curves.csv, and summary.json."""
+    _write_table(data.trials, data_dir / "report_trials.csv")
+    _write_table(data.train_curves, data_dir / "train_curves.csv")
+    _write_table(data.importances.table, data_dir / "importance.csv")
+    if data.confirmed is not None:
+        _write_table(data.confirmed, data_dir / "confirm_summary.csv")
+    facts = {"summary": data.summary, "savings": data.savings, "baselines": data.baselines, "caveats": data.caveats}
+    atomic_write(data_dir / "summary.json", json.dumps(facts, indent=1, default=_json_value) + "\n")
+    return data_dir
+
+
+def write_next_space(data: ReportData, spaces_dir: Path) -> tuple[Path | None, list[str]]:
+    """Write the narrowed search space (if any) once the sweep would accept it; return it and the caveats."""
+    if data.next_space is None:
+        return None, data.caveats
+    path = spaces_dir / f"{data.slug}-next.yaml"
+    header = f"# Narrowed search space written by `python -m lit_tuning.analysis.report` from study {data.slug}.\n"
+    try:
+        write_space(data.next_space, path, header)
+    except (SearchSpaceError, ValueError) as error:
+        return None, [*data.caveats, f"No narrowed next search space: the sweep would refuse it ({error})."]
+    return path, data.caveats
+
+
+def _json_value(value: object) -> object:
+    """JSON fallback: numpy scalars as Python numbers (experiment.config.plain), anything else as its text."""
+    converted = plain(value)
+    return str(converted) if converted is value else converted
 
 
 def _write_table(frame: pd.DataFrame, path: Path) -> Path:
@@ -273,26 +145,27 @@ def build_comparison(study_names: list[str], *, storage: str = DEFAULT_STORAGE, 
     """One HTML page comparing studies: outcome counts, best and base values, compute, and best-so-far curves."""
     if len(study_names) < 2:
         raise ReportError(f"STUDIES = {study_names!r}; allowed: two or more study names")
-    studies = [open_study(name, storage) for name in study_names]
-    frames = [with_compute(trials_frame(study)) for study in studies]
+    studies = [load_existing_study(name, storage) for name in study_names]
+    directions = [study_direction(study) for study in studies]
+    frames = [with_compute(trials_frame(s), direction=d) for s, d in zip(studies, directions)]
+    metrics = sorted({study.user_attrs.get("metric", "objective") for study in studies})
     slug = "compare-" + "-".join(study_slug(study.study_name) for study in studies)
-    figure_path = viz.plot_comparison(frames, root / "figures" / slug / "comparison.png")
-    rows = []
-    for study, frame in zip(studies, frames):
-        summary = study_summary(frame)
-        rows.append({"study": study.study_name, "summary": summary, "savings": pruning_savings(frame),
-                     "unit": frame.attrs["compute_unit"], "compute": float(frame["compute"].sum())})  # fmt: skip
-    html = render(
-        {
-            "study": " vs ".join(study_names),
-            "generated": datetime.datetime.now().isoformat(timespec="seconds"),
-            "storage": storage,
-            "comparison": rows,
-            "figures": [{"name": "comparison", "src": embed_png(figure_path)}],
-        }
-        | {"compare_mode": True}
-    )
-    return atomic_write(root / "reports" / f"{slug}.html", html)
+    figure = viz.draw_comparison(fd.comparison_data(frames, metric=" / ".join(metrics)))
+    figure_path = viz.save_figure(figure, root / "figures" / slug / "comparison.png")
+    rows = [
+        {"study": study.study_name, "direction": direction, "summary": study_summary(frame, direction=direction),
+         "savings": pruning_savings(frame), "unit": frame.attrs["compute_unit"], "compute": frame["compute"].sum()}
+        for study, direction, frame in zip(studies, directions, frames)
+    ]  # fmt: skip
+    context = {
+        "study": " vs ".join(study_names),
+        "generated": datetime.datetime.now().isoformat(timespec="seconds"),
+        "storage": storage,
+        "comparison": rows,
+        "figures": figure_entries([figure_path]),
+        "compare_mode": True,
+    }
+    return atomic_write(root / "reports" / f"{slug}.html", render(context))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,6 +9,8 @@ from collections.abc import Sequence
 import pandas as pd
 from scipy import stats
 
+from lit_tuning.sweep.trial_record import ascending
+
 CONFIDENCE = 0.95
 ALPHA = 0.05  # two-sided significance level of the comparisons
 BASE_LABEL = "base"  # the untuned base config in confirm.csv
@@ -57,8 +59,13 @@ def mean_ci(values: Sequence[float], confidence: float = CONFIDENCE) -> Interval
     return Interval(n, mean, std, mean - half, mean + half)
 
 
-def welch_test(first: Sequence[float], second: Sequence[float], *, names: tuple[str, str] = ("a", "b")) -> Comparison:
-    """Welch's two-sided t-test (unequal variances) of first against second; NaN p-value below two samples each."""
+def welch_test(
+    first: Sequence[float], second: Sequence[float], *, direction: str, names: tuple[str, str] = ("a", "b")
+) -> Comparison:
+    """Welch's two-sided t-test (unequal variances) of first against second; NaN p-value below two samples each.
+
+    The difference is first - second; which side is "better" follows the direction (lower is better when minimised).
+    """
     a = pd.Series(first, dtype="float64").dropna()
     b = pd.Series(second, dtype="float64").dropna()
     difference = float(a.mean() - b.mean())
@@ -74,7 +81,7 @@ def welch_test(first: Sequence[float], second: Sequence[float], *, names: tuple[
     if math.isnan(p_value):
         verdict = f"{names[0]} vs {names[1]}: too few seeds to test (need at least 2 each)"
     elif significant:
-        better = names[0] if difference > 0 else names[1]
+        better = names[0] if (difference < 0) == ascending(direction) else names[1]
         verdict = f"{better} is better: difference {difference:+.4f} is significant (Welch p = {p_value:.3g} < {ALPHA})"
     else:
         verdict = (
@@ -84,7 +91,7 @@ def welch_test(first: Sequence[float], second: Sequence[float], *, names: tuple[
     return Comparison(names[0], names[1], difference, t_value, p_value, significant, verdict)
 
 
-def confirm_summary(confirm: pd.DataFrame) -> pd.DataFrame:
+def confirm_summary(confirm: pd.DataFrame, *, direction: str) -> pd.DataFrame:
     """One row per config of a confirm table (config, seed, value): n, mean, std, ci_low, ci_high; best mean first."""
     rows = []
     for config, group in confirm.groupby("config", sort=False):
@@ -92,13 +99,13 @@ def confirm_summary(confirm: pd.DataFrame) -> pd.DataFrame:
         rows.append({"config": config, **dataclasses.asdict(interval)})
     frame = pd.DataFrame(rows, columns=["config", "n", "mean", "std", "low", "high"])
     return frame.rename(columns={"low": "ci_low", "high": "ci_high"}).sort_values(
-        "mean", ascending=False, ignore_index=True
+        "mean", ascending=ascending(direction), ignore_index=True, kind="stable"
     )
 
 
-def confirm_comparisons(confirm: pd.DataFrame, base_label: str = BASE_LABEL) -> list[Comparison]:
+def confirm_comparisons(confirm: pd.DataFrame, *, direction: str, base_label: str = BASE_LABEL) -> list[Comparison]:
     """Best tuned config vs the runner-up and vs the base config (when present), by Welch's t-test."""
-    summary = confirm_summary(confirm)
+    summary = confirm_summary(confirm, direction=direction)
     tuned = summary[summary["config"] != base_label]
     if tuned.empty:
         return []
@@ -107,7 +114,9 @@ def confirm_comparisons(confirm: pd.DataFrame, base_label: str = BASE_LABEL) -> 
     comparisons = []
     if len(tuned) > 1:
         runner_up = str(tuned["config"].iloc[1])
-        comparisons.append(welch_test(samples[best], samples[runner_up], names=(best, runner_up)))
+        comparisons.append(welch_test(samples[best], samples[runner_up], direction=direction, names=(best, runner_up)))
     if base_label in samples:
-        comparisons.append(welch_test(samples[best], samples[base_label], names=(best, base_label)))
+        comparisons.append(
+            welch_test(samples[best], samples[base_label], direction=direction, names=(best, base_label))
+        )
     return comparisons

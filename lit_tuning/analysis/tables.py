@@ -2,39 +2,52 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
-from lit_tuning.sweep.trial_record import FINISHED_STATES, PARAM_PREFIX, param_columns
+from lit_tuning.sweep.trial_record import (
+    FINISHED_STATES,
+    PARAM_PREFIX,
+    ascending,
+    best_first,
+    count_states,
+    param_columns,
+)
 
-# Derived tables for the report: each is computed from the two tables above (and, for train curves, MLflow).
 
-
-def with_compute(trials: pd.DataFrame) -> pd.DataFrame:
+def with_compute(trials: pd.DataFrame, *, direction: str) -> pd.DataFrame:
     """Add compute (training tokens, or steps where tokens are unknown), its running total and the best value so far."""
     frame = trials.sort_values("number", ignore_index=True).copy()
     unit = "tokens" if frame["tokens"].notna().any() else "steps"
     frame["compute"] = frame[unit].astype("Float64").fillna(0).astype("float64")
     frame["cumulative_compute"] = frame["compute"].cumsum()
-    complete_values = frame["value"].where(frame["state"] == "COMPLETE")
-    frame["best_so_far"] = complete_values.cummax().ffill()  # NaN until the first completed trial
+    rankable = frame.index.isin(best_first(frame, direction=direction).index)
+    values = frame["value"].where(rankable)
+    best = values.cummin() if ascending(direction) else values.cummax()
+    frame["best_so_far"] = best.ffill()  # NaN until the first completed trial with a finite value
     frame.attrs["compute_unit"] = unit
     return frame
 
 
-def study_summary(trials: pd.DataFrame) -> dict:
+def study_summary(trials: pd.DataFrame, *, direction: str) -> dict:
     """Counts by state, the best completed trial, the untuned base-config trial, and the compute spent."""
-    complete = trials[(trials["state"] == "COMPLETE") & trials["value"].notna()]
-    best = complete.loc[complete["value"].idxmax()] if len(complete) else None
+    # The report ranks its one trials table (not Study.best_trial, which re-reads the storage): on a running study
+    # every number of the report then comes from the same snapshot, and non-finite values are left out the same way.
+    ranked = best_first(trials, direction=direction)
+    best = ranked.iloc[0] if len(ranked) else None
     base = trials[(trials["is_base_config"].fillna(False)) & (trials["state"] == "COMPLETE")]
-    counts = trials["state"].value_counts()
+    complete = trials[trials["state"] == "COMPLETE"]
+    nonfinite = complete[~np.isfinite(complete["value"].astype("float64"))]
     return {
         "n_trials": len(trials),
-        "counts": {state: int(counts.get(state, 0)) for state in ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")},
+        "direction": direction,
+        "counts": count_states(trials["state"]),
         "best_number": None if best is None else int(best["number"]),
         "best_value": None if best is None else float(best["value"]),
         "best_params": {} if best is None else {c[len(PARAM_PREFIX) :]: best[c] for c in param_columns(trials)},
         "base_number": int(base["number"].iloc[0]) if len(base) else None,
         "base_value": float(base["value"].iloc[0]) if len(base) else None,
+        "nonfinite_numbers": [int(number) for number in nonfinite["number"]],
         "steps": int(trials["steps"].fillna(0).sum()),
         "tokens": int(trials["tokens"].fillna(0).sum()),
         "duration_s": float(trials["duration_s"].fillna(0).sum()),
@@ -64,60 +77,16 @@ def pruning_savings(trials: pd.DataFrame, full_steps: int | None = None) -> dict
     }
 
 
-def pareto_mask(trials: pd.DataFrame, cost: str = "trainable_params") -> pd.Series:
-    """True for completed trials no other completed trial beats on both value (higher) and cost (lower)."""
-    ok = (trials["state"] == "COMPLETE") & trials["value"].notna() & trials[cost].notna()
-    values = trials["value"].to_numpy(dtype=float)
-    costs = trials[cost].astype("Float64").to_numpy(dtype=float, na_value=float("nan"))
+def pareto_mask(trials: pd.DataFrame, *, direction: str, cost: str = "trainable_params") -> pd.Series:
+    """True for ranked trials (best_first) no other beats on both value (in the direction) and cost (lower)."""
+    ranked = best_first(trials, direction=direction)
+    ranked = ranked[ranked[cost].notna()]
+    sign = -1.0 if ascending(direction) else 1.0  # compare as "higher is better" after the sign flip
+    values = sign * ranked["value"].to_numpy(dtype=float)
+    costs = ranked[cost].astype("float64").to_numpy()
+    better_or_equal = (values[None, :] >= values[:, None]) & (costs[None, :] <= costs[:, None])
+    strictly = (values[None, :] > values[:, None]) | (costs[None, :] < costs[:, None])
+    dominated = (better_or_equal & strictly).any(axis=1)  # row i: does some j dominate i
     mask = pd.Series(False, index=trials.index)
-    candidates = [index for index, keep in zip(range(len(trials)), ok) if keep]
-    for i in candidates:
-        dominated = any(
-            values[j] >= values[i] and costs[j] <= costs[i] and (values[j] > values[i] or costs[j] < costs[i])
-            for j in candidates
-        )
-        mask.iloc[i] = not dominated
+    mask.loc[ranked.index[~dominated]] = True
     return mask
-
-
-def mlflow_curves(trials: pd.DataFrame, metrics: tuple[str, ...] = ("train/loss",)) -> pd.DataFrame:
-    """Learning-curve rows (as curves_frame) from each trial's MLflow history; trials without a run are skipped."""
-    # mlflow is imported here, not at the top: it takes seconds, and the tables above never need it.
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
-
-    rows, missing = [], []
-    with_runs = trials[trials["mlflow_run_id"].notna() & trials["mlflow_tracking_uri"].notna()]
-    for uri, group in with_runs.groupby("mlflow_tracking_uri"):
-        client = MlflowClient(tracking_uri=str(uri))
-        for trial in group.itertuples():
-            try:
-                for metric in metrics:
-                    rows += [
-                        {"study": trial.study, "number": trial.number, "state": trial.state, "step": point.step,
-                         "metric": metric, "value": point.value}
-                        for point in client.get_metric_history(str(trial.mlflow_run_id), metric)
-                    ]  # fmt: skip
-            except MlflowException:
-                missing.append(int(trial.number))
-    frame = pd.DataFrame(rows, columns=["study", "number", "state", "step", "metric", "value"])
-    frame = frame.astype({"number": "int64", "step": "int64", "value": "float64"})
-    frame.attrs["missing_runs"] = missing
-    return frame
-
-
-def mlflow_baselines(trials: pd.DataFrame) -> dict[str, float]:
-    """The baseline/* metrics logged at step 0 of the first trial run MLflow can read; {} when none can be read."""
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
-
-    with_runs = trials[trials["mlflow_run_id"].notna() & trials["mlflow_tracking_uri"].notna()]
-    for trial in with_runs.itertuples():
-        try:
-            run = MlflowClient(tracking_uri=str(trial.mlflow_tracking_uri)).get_run(str(trial.mlflow_run_id))
-        except MlflowException:
-            continue
-        found = {key: float(value) for key, value in run.data.metrics.items() if key.startswith("baseline/")}
-        if found:
-            return found
-    return {}

@@ -9,6 +9,7 @@ from argparse import ArgumentError
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 from jsonargparse import Namespace
 
@@ -95,6 +96,8 @@ def plain(value: Any) -> Any:
     """Turn parser-typed values (jsonargparse's PositiveInt is an int subclass) into plain Python data."""
     if isinstance(value, bool) or value is None:
         return value
+    if isinstance(value, np.generic):  # a numpy scalar from a pandas table: its Python value, not its text
+        return value.item()
     for base_type in (int, float, str):
         if isinstance(value, base_type):
             return base_type(value)

@@ -249,9 +249,9 @@ class SweepDriver:
         written = self.write_results() if study.get_trials(deepcopy=False) else []
         counts = count(study)
         print(progress_line(counts, self.run.budget, time.monotonic() - self.started))
-        if not done and counts.finished < self.run.budget:
+        if not done and counts.done < self.run.budget:
             print(
-                f"study {study.study_name!r} is not finished ({counts.finished}/{self.run.budget}): "
+                f"study {study.study_name!r} is not finished ({counts.done}/{self.run.budget}): "
                 "re-run the same command to continue it"
             )
         for path in written:

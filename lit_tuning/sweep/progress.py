@@ -6,48 +6,57 @@ import dataclasses
 import datetime
 
 import optuna
-from optuna.trial import TrialState
 
-from lit_tuning.sweep.trial_record import PARAM_PREFIX, param_columns, trials_frame
+from lit_tuning.experiment.config import plain
+from lit_tuning.sweep.trial_record import (
+    DONE_STATES,
+    FINISHED_STATES,
+    PARAM_PREFIX,
+    best_first,
+    count_states,
+    param_columns,
+    study_direction,
+    trials_frame,
+)
 
 
 @dataclasses.dataclass(frozen=True)
 class Counts:
-    """Trials of a study by state, and its best so far."""
+    """Trials of a study by state name (trial_record.count_states), and its best so far."""
 
-    complete: int
-    pruned: int
-    failed: int
-    running: int
-    waiting: int
+    states: dict[str, int]
     best_value: float | None
     best_number: int | None
     best_params: dict
 
+    complete = property(lambda self: self.states["COMPLETE"], doc="Completed trials.")
+    pruned = property(lambda self: self.states["PRUNED"], doc="Pruned trials.")
+    failed = property(lambda self: self.states["FAIL"], doc="Failed trials (each may be retried as a new one).")
+    running = property(lambda self: self.states["RUNNING"], doc="Trials running now.")
+    waiting = property(lambda self: self.states["WAITING"], doc="Trials queued to run.")
+
     @property
     def finished(self) -> int:
-        """Trials that used up budget and ended."""
-        return self.complete + self.pruned
+        """Trials that will not run again (trial_record.FINISHED_STATES)."""
+        return sum(self.states[state] for state in FINISHED_STATES)
+
+    @property
+    def done(self) -> int:
+        """Finished trials that used up budget (trial_record.DONE_STATES): what `done/budget` counts."""
+        return sum(self.states[state] for state in DONE_STATES)
 
 
 def count(study: optuna.Study) -> Counts:
-    """Count the study's trials by state and find its best completed trial."""
-    trials = study.get_trials(deepcopy=False)
-    by_state = {state: sum(trial.state == state for trial in trials) for state in TrialState}
-    completed = [trial for trial in trials if trial.state == TrialState.COMPLETE]
-    best = None
-    if completed:
-        pick = max if study.direction == optuna.study.StudyDirection.MAXIMIZE else min
-        best = pick(completed, key=lambda trial: trial.value)
+    """Count the study's trials by state and find its best completed trial (in the study's direction)."""
+    frame = trials_frame(study)
+    ranked = best_first(frame, direction=study_direction(study))
+    # Not Study.best_trial: it would rank a diverged trial's inf first in a maximised study; best_first leaves it out.
+    best = ranked.iloc[0] if len(ranked) else None
     return Counts(
-        complete=by_state[TrialState.COMPLETE],
-        pruned=by_state[TrialState.PRUNED],
-        failed=by_state[TrialState.FAIL],
-        running=by_state[TrialState.RUNNING],
-        waiting=by_state[TrialState.WAITING],
-        best_value=best.value if best else None,
-        best_number=best.number if best else None,
-        best_params=dict(best.params) if best else {},
+        states=count_states(frame["state"]),
+        best_value=None if best is None else float(best["value"]),
+        best_number=None if best is None else int(best["number"]),
+        best_params={} if best is None else {c.removeprefix(PARAM_PREFIX): best[c] for c in param_columns(frame)},
     )
 
 
@@ -55,7 +64,7 @@ def progress_line(counts: Counts, budget: int, elapsed_s: float) -> str:
     """One line: done/total, running, pruned, failed, best value and its params."""
     clock = str(datetime.timedelta(seconds=int(elapsed_s)))
     line = (
-        f"[{clock}] {counts.finished}/{budget} done ({counts.complete} complete, {counts.pruned} pruned), "
+        f"[{clock}] {counts.done}/{budget} done ({counts.complete} complete, {counts.pruned} pruned), "
         f"{counts.running} running, {counts.failed} failed"
     )
     if counts.best_value is not None:
@@ -66,19 +75,24 @@ def progress_line(counts: Counts, budget: int, elapsed_s: float) -> str:
 
 def short(value: object) -> str:
     """Format a parameter value compactly (4 significant digits for floats)."""
+    value = plain(value)  # a numpy scalar from the trials table as its Python value
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def status_table(study: optuna.Study) -> str:
-    """The study's trials as a text table, best first, with the progress line on top."""
+    """The study's trials as a text table, best first in the study's direction, with the progress line on top."""
     frame = trials_frame(study)
+    direction = study_direction(study)
     budget = int(study.user_attrs.get("budget", len(frame)))
-    lines = [f"study {study.study_name!r}: " + progress_line(count(study), budget, 0).split("] ", 1)[1]]
+    header = f"study {study.study_name!r} ({direction}): "
+    lines = [header + progress_line(count(study), budget, 0).split("] ", 1)[1]]
     if frame.empty:
         return lines[0] + "\n(no trials yet)"
     params = param_columns(frame)
     columns = ["number", "state", "value", "steps", "duration_s", *params, "reason"]
-    shown = frame.sort_values(["value", "number"], ascending=[False, True], na_position="last")[columns]
+    ranked = best_first(frame, direction=direction)
+    # Ranked trials first, best first; then the rest (pruned, failed, running, non-finite) by number.
+    shown = frame.loc[[*ranked.index, *frame.index.difference(ranked.index)], columns]
     shown = shown.rename(columns={column: column.removeprefix(PARAM_PREFIX).split(".")[-1] for column in params})
     shown["value"] = shown["value"].map(lambda value: "" if value != value else f"{value:.4f}")
     shown["duration_s"] = shown["duration_s"].map(lambda value: "" if value != value else f"{value:.0f}")

@@ -6,8 +6,11 @@ and meaning, a state's grouping and a reason's wording have one owner.
 
 from __future__ import annotations
 
+import collections
 import warnings
+from collections.abc import Iterable
 
+import numpy as np
 import optuna
 import pandas as pd
 from optuna.storages import RetryHeartbeatStaleTrialCallback
@@ -82,31 +85,24 @@ def latest_study_name(storage: str = DEFAULT_STORAGE) -> str:
 
 def trials_frame(study: optuna.Study) -> pd.DataFrame:
     """One row per trial: number, state, value, one params_<key> column per parameter, and the recorded facts."""
-    rows = []
-    study_attrs = study.user_attrs
-    trials = study.get_trials(deepcopy=False)
-    retried = {number for trial in trials for number in retry_history(trial)}
-    for trial in trials:
-        row = {
-            "study": study.study_name,
-            "number": trial.number,
-            "state": trial.state.name,
-            "value": trial.value,
-            "datetime_start": trial.datetime_start,
-            "datetime_complete": trial.datetime_complete,
-        }
-        row.update({name: trial.user_attrs.get(name) for name in TRIAL_ATTRS})
-        if trial.state == optuna.trial.TrialState.FAIL and not row["reason"]:
-            row["reason"] = killed_reason(study_attrs, trial, retried)
-        row.update({f"{PARAM_PREFIX}{key}": value for key, value in trial.params.items()})
-        rows.append(row)
-    frame = pd.DataFrame(rows, columns=TRIAL_COLUMNS if not rows else None)
+    attrs = ("number", "state", "value", "datetime_start", "datetime_complete", "params", "user_attrs")
+    frame = study.trials_dataframe(attrs=attrs)
+    # Optuna names user attributes user_attrs_<name>; the record's columns are the bare names, and only the declared
+    # ones (a user attribute the sweep does not declare is not part of the record).
+    frame = frame.rename(columns={f"user_attrs_{name}": name for name in TRIAL_ATTRS})
+    frame = frame.drop(columns=[column for column in frame.columns if column.startswith("user_attrs_")])
+    frame.insert(0, "study", study.study_name)
     for column in TRIAL_COLUMNS:
         if column not in frame:
             frame[column] = None
     frame = frame.astype(TRIAL_ATTRS | {"number": "int64", "value": "float64"})
-    param_columns = sorted(column for column in frame.columns if column.startswith(PARAM_PREFIX))
-    return frame[TRIAL_COLUMNS + param_columns].sort_values("number", ignore_index=True)
+    unexplained = (frame["state"] == "FAIL") & frame["reason"].fillna("").eq("")
+    if unexplained.any():  # killed trials: the driver's record of why (kept as a study attribute), else the default
+        trials = {trial.number: trial for trial in study.get_trials(deepcopy=False)}
+        retried = {number for trial in trials.values() for number in retry_history(trial)}
+        numbers = frame.loc[unexplained, "number"]
+        frame.loc[unexplained, "reason"] = [killed_reason(study.user_attrs, trials[n], retried) for n in numbers]
+    return frame[TRIAL_COLUMNS + sorted(param_columns(frame))].sort_values("number", ignore_index=True)
 
 
 def param_columns(trials: pd.DataFrame) -> list[str]:
@@ -136,13 +132,15 @@ INTERRUPTED = "interrupted"  # the `reason` of a trial stopped by Ctrl-C: resume
 # States that count against a study's budget: finished for good, or being (or about to be) run.
 BUDGETED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
 FINISHED_STATES = ("COMPLETE", "PRUNED", "FAIL")  # a trial that will not run again (a FAIL may be retried as a new one)
+# Finished and counted against the budget: what "N/budget done" counts (a FAIL is retried, so it uses no budget).
+DONE_STATES = tuple(state for state in FINISHED_STATES if TrialState[state] in BUDGETED)
 STATE_ORDER = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
 
 
-def count_states(trials: pd.DataFrame) -> dict[str, int]:
-    """Trials per state name, every state of STATE_ORDER present (0 when none)."""
-    counts = trials["state"].value_counts()
-    return {state: int(counts.get(state, 0)) for state in STATE_ORDER}
+def count_states(states: Iterable[str]) -> dict[str, int]:
+    """Trials per state name (e.g. a trials table's `state` column), every state of STATE_ORDER present (0 if none)."""
+    counts = collections.Counter(str(state) for state in states)
+    return {state: counts[state] for state in STATE_ORDER}
 
 
 def ascending(direction: optuna.study.StudyDirection | str) -> bool:
@@ -154,3 +152,14 @@ def ascending(direction: optuna.study.StudyDirection | str) -> bool:
 def study_direction(study: optuna.Study) -> str:
     """'maximize' or 'minimize': the direction a study's trials table is ranked by."""
     return "minimize" if ascending(study.direction) else "maximize"
+
+
+def best_first(trials: pd.DataFrame, *, direction: str) -> pd.DataFrame:
+    """Completed trials with a finite value, best first in the direction (ties: lower trial number first).
+
+    A non-finite value (a diverged loss of inf) is not a result that can be ranked, replayed or compared, so every
+    reader leaves it out of rankings; the report counts and names such trials instead.
+    """
+    values = trials["value"].astype("float64")
+    ranked = trials[(trials["state"] == "COMPLETE") & np.isfinite(values)]
+    return ranked.sort_values(["value", "number"], ascending=[ascending(direction), True])
