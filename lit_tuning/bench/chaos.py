@@ -141,6 +141,8 @@ class Chaos:
         """Wait for the moment `point` of a live driver and SIGKILL the target; return what happened."""
         if self.driver is None or self.driver.poll() is not None:
             self.start()
+        elif point == "startup":  # the driver is past its start-up: this is a kill at a random moment of its run
+            point = "anytime"
         # A results write lasts milliseconds: look for it often (a cheap glob, not a database query).
         trial = self.wait(MOMENTS[point](self), EXPORT_POLL_S if point == "export" else POLL_S)
         assert self.driver is not None
@@ -250,6 +252,7 @@ MOMENTS = {
     "mid_step": mid_step,
     "validation": at_validation,
     "export": during_export,
+    "anytime": during_startup,  # the same random delay, aimed at a driver already running
 }
 
 
@@ -379,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
     findings = check(chaos, args.trials, args.steps) | {"aborted": aborted}
     figures = {
         "kills": len(kills),
-        "kills_by_point": {p: sum(k.point == p and k.hit for k in kills) for p in POINTS},
+        "kills_by_point": {p: sum(k.point == p and k.hit for k in kills) for p in MOMENTS},
         "kills_missed_moment": sum(not k.hit for k in kills),
         "kills_of_driver": sum(k.target == "driver" for k in kills),
         "reruns_to_finish": reruns,
