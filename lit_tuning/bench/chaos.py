@@ -121,7 +121,9 @@ class Chaos:
         if study is None or self.driver is None:
             return []
         try:
-            workers = {child.pid for child in psutil.Process(self.driver.pid).children(recursive=True)}
+            children = psutil.Process(self.driver.pid).children(recursive=True)
+            # A killed worker stays a zombie until the driver reaps it: it must not be killed "again".
+            workers = {child.pid for child in children if child.status() != psutil.STATUS_ZOMBIE}
         except psutil.NoSuchProcess:
             return []
         running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
