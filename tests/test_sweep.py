@@ -278,8 +278,8 @@ def test_killed_worker_is_retried_from_its_checkpoint_and_its_runs_are_closed(tm
     assert table.loc[victim.number, "reason"] == "worker died during the trial (no heartbeat)"
     retry = resumed_trial(study, victim.number)
     assert retry.user_attrs["resumed_from_step"] >= 20 and retry.user_attrs["steps"] == 60
-    # The restore itself, not only what was read before `fit`: a restart from step 0 would log step 1 first.
-    assert first_train_step(retry) > retry.user_attrs["resumed_from_step"] >= 20
+    # The restore itself, not only what was read before `fit`: a restart from step 0 logs a step below 10 first.
+    assert first_train_step(retry) >= retry.user_attrs["resumed_from_step"] >= 20
     assert retry.params == killed.params
     assert sorted(retry.intermediate_values) == [10, 20, 30, 40, 50, 60]  # the killed attempt's points are kept
     assert sum(t.state.name == "COMPLETE" for t in study.trials) == 2  # the budget, not one more
@@ -312,7 +312,7 @@ def test_ctrl_c_stops_cleanly_and_a_rerun_resumes_from_the_checkpoint(tmp_path, 
     study = load(tmp_path, "stopped")
     retry = resumed_trial(study, victim.number)
     assert retry.user_attrs["resumed_from_step"] >= 20 and retry.user_attrs["steps"] == 60
-    assert first_train_step(retry) > retry.user_attrs["resumed_from_step"]
+    assert first_train_step(retry) >= retry.user_attrs["resumed_from_step"] >= 20
     assert len(study.trials) == 2
 
 
@@ -379,7 +379,7 @@ def test_no_trial_starts_after_the_timeout_and_a_rerun_continues(tmp_path, model
     space = write_space(tmp_path, "late", {"trainer.max_steps": 10}, n_trials=2)
     result = run_sweep(space, tmp_path, sqlite_url(tmp_path), "--workers=1", "--timeout=0.01")
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    assert load(tmp_path, "late").trials == []
+    assert states(load(tmp_path, "late")) == ["WAITING"]  # only the base config queued at creation; none started
     assert "study 'late' is not finished (0/2): re-run the same command to continue it" in result.stdout
     again = run_sweep(space, tmp_path, sqlite_url(tmp_path), "--workers=1", "--timeout=3600")
     assert again.returncode == 0 and states(load(tmp_path, "late")) == ["COMPLETE", "COMPLETE"]

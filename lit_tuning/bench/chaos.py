@@ -25,9 +25,9 @@ import optuna
 import psutil
 import yaml
 
+from lit_tuning.bench.chaos_checks import check, passed
 from lit_tuning.files import atomic_write
 from lit_tuning.paths import BENCH_ROOT, data_dir, sqlite_file
-from lit_tuning.sweep.trial_record import retry_history, trials_frame
 from lit_tuning.tracking.settings import TrackingSettings
 
 STUDY = "chaos"
@@ -121,7 +121,9 @@ class Chaos:
         if study is None or self.driver is None:
             return []
         try:
-            workers = {child.pid for child in psutil.Process(self.driver.pid).children(recursive=True)}
+            children = psutil.Process(self.driver.pid).children(recursive=True)
+            # A killed worker stays a zombie until the driver reaps it: it must not be killed "again".
+            workers = {child.pid for child in children if child.status() != psutil.STATUS_ZOMBIE}
         except psutil.NoSuchProcess:
             return []
         running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
@@ -141,6 +143,8 @@ class Chaos:
         """Wait for the moment `point` of a live driver and SIGKILL the target; return what happened."""
         if self.driver is None or self.driver.poll() is not None:
             self.start()
+        elif point == "startup":  # the driver is past its start-up: this is a kill at a random moment of its run
+            point = "anytime"
         # A results write lasts milliseconds: look for it often (a cheap glob, not a database query).
         trial = self.wait(MOMENTS[point](self), EXPORT_POLL_S if point == "export" else POLL_S)
         assert self.driver is not None
@@ -250,91 +254,8 @@ MOMENTS = {
     "mid_step": mid_step,
     "validation": at_validation,
     "export": during_export,
+    "anytime": during_startup,  # the same random delay, aimed at a driver already running
 }
-
-
-def check(chaos: Chaos, budget: int, steps: int) -> dict[str, Any]:
-    """Check the finished study, its trackers and run directories; return the findings."""
-    study = optuna.load_study(study_name=STUDY, storage=chaos.storage)
-    trials = study.get_trials(deepcopy=False)
-    table = trials_frame(study).set_index("number")
-    finished_states = ("COMPLETE", "PRUNED")
-    finished_retries = {n for t in trials if t.state.name in finished_states for n in retry_history(t)}
-    failed = [t for t in trials if t.state.name == "FAIL"]
-    given_up = [t.number for t in failed if "given up" in str(table.loc[t.number, "reason"])]
-    unaccounted = [t.number for t in failed if t.number not in finished_retries and t.number not in given_up]
-    verify_command = ["verify", f"--runs-root={chaos.work / 'runs'}", f"--study={STUDY}"]
-    verify = subprocess.run(
-        [sys.executable, "-m", "lit_tuning.tracking", *verify_command], capture_output=True, text=True, check=False
-    )
-    computed = sum(attempt_steps(trial) for trial in trials)
-    minimum = budget * steps
-    logs = [chaos.work / "driver.log", *sorted((chaos.work / "runs" / STUDY / "logs").glob("*.log"))]
-    lines = [line.strip() for path in logs if path.is_file() for line in path.read_text().splitlines()]
-    return {
-        "trials": len(trials),
-        "finished": sum(t.state.name in finished_states for t in trials),
-        "budget": budget,
-        "left_running": [t.number for t in trials if t.state.name in ("RUNNING", "WAITING")],
-        "failed_attempts": len(failed),
-        "retried_to_the_end": len(failed) - len(unaccounted) - len(given_up),
-        "given_up": {n: str(table.loc[n, "reason"]) for n in given_up},
-        "killed_without_retry_or_reason": unaccounted,
-        "resumed_from_checkpoint": sum(bool(t.user_attrs.get("resumed_from_step")) for t in trials),
-        "resume_notes": [t.user_attrs["resume_note"] for t in trials if t.user_attrs.get("resume_note")],
-        "mlflow_runs_left_running": mlflow_running(chaos.work),
-        "verify_exit": verify.returncode,
-        "verify_summary": (verify.stdout.strip().splitlines() or [""])[-1],
-        "steps_computed": computed,
-        "steps_minimum": minimum,
-        "steps_recomputed": computed - minimum,
-        "store_errors": sorted({line for line in lines if "already exists" in line})[:5],
-    }
-
-
-def attempt_steps(trial: optuna.trial.FrozenTrial) -> int:
-    """Optimizer steps this attempt ran itself: to its end (or its last step logged to MLflow), minus resumed ones."""
-    start = trial.user_attrs.get("resumed_from_step") or 0
-    if "steps" in trial.user_attrs:
-        return int(trial.user_attrs["steps"]) - start
-    run_id, uri = trial.user_attrs.get("mlflow_run_id"), trial.user_attrs.get("mlflow_tracking_uri")
-    if not (run_id and uri):  # killed before its trackers started: no step ran
-        return 0
-    from mlflow import MlflowClient
-
-    try:
-        history = MlflowClient(uri).get_metric_history(run_id, "train/loss")
-    except Exception:  # a store the kills broke: count no steps rather than stop the harness
-        return 0
-    return max((point.step for point in history), default=start) - start
-
-
-def mlflow_running(work: Path) -> list[str]:
-    """Names of the MLflow runs of the work folder's store still RUNNING (every run, not only those Optuna knows)."""
-    from mlflow import MlflowClient
-
-    client = MlflowClient(TrackingSettings(root=str(work)).resolved_mlflow_uri())
-    try:
-        experiments = [experiment.experiment_id for experiment in client.search_experiments()]
-        runs = client.search_runs(experiments, "attributes.status = 'RUNNING'", max_results=1000) if experiments else []
-    except Exception as error:  # a store the kills broke: that is a finding, not a crash of the harness
-        return [f"store unreadable: {type(error).__name__}: {str(error).splitlines()[0][:200]}"]
-    return sorted(
-        f"{run.info.run_name} ({run.data.tags.get('mlflow.parentRunId') and 'child' or 'parent'})" for run in runs
-    )
-
-
-def passed(findings: dict[str, Any]) -> dict[str, bool]:
-    """Each promise of the harness, kept or not."""
-    return {
-        "no_trial_left_running": not findings["left_running"],
-        "finished_equals_budget": findings["finished"] == findings["budget"],
-        "every_killed_trial_retried_or_given_up_with_reason": not findings["killed_without_retry_or_reason"],
-        "no_mlflow_run_left_running": not findings["mlflow_runs_left_running"],
-        "tracking_verify_clean": findings["verify_exit"] == 0,
-        "no_tracker_store_error": not findings["store_errors"],
-        "resumable_after_every_kill": findings.get("aborted") is None,
-    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -376,10 +297,10 @@ def main(argv: list[str] | None = None) -> int:
             aborted = f"the driver died by itself {chaos.crashes} times in a row: the study cannot be resumed"
             break
     reruns, code = chaos.run_to_end(attempts=2 if aborted else 5)
-    findings = check(chaos, args.trials, args.steps) | {"aborted": aborted}
+    findings = check(work, chaos.storage, STUDY, args.trials, args.steps) | {"aborted": aborted}
     figures = {
         "kills": len(kills),
-        "kills_by_point": {p: sum(k.point == p and k.hit for k in kills) for p in POINTS},
+        "kills_by_point": {p: sum(k.point == p and k.hit for k in kills) for p in MOMENTS},
         "kills_missed_moment": sum(not k.hit for k in kills),
         "kills_of_driver": sum(k.target == "driver" for k in kills),
         "reruns_to_finish": reruns,
