@@ -85,9 +85,20 @@ class LoRAModule(pl.LightningModule):
         return trainable, sum(p.numel() for p in self.model.parameters())
 
     def answer_logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Return the next-token logits at the end of each prompt, shape (batch, vocab)."""
-        hidden = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        return hidden[torch.arange(hidden.size(0), device=hidden.device), batch["last_index"]].float()
+        """Return the next-token logits at the end of each prompt, shape (batch, vocab).
+
+        Lean: the backbone's hidden states are gathered at each prompt's last token and only those go through
+        the LM head, instead of vocabulary-wide logits at every position (most of the logits memory and a large
+        share of the FLOPs of a real model's 50k-150k vocabulary) of which one row per question is used.
+        """
+        rows = torch.arange(batch["input_ids"].size(0), device=batch["input_ids"].device)
+        causal_lm = self.model.get_base_model()
+        if not supports_lean_logits(causal_lm):
+            logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            return logits[rows, batch["last_index"]].float()
+        outputs = causal_lm.base_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        hidden = outputs.last_hidden_state[rows, batch["last_index"]]
+        return causal_lm.get_output_embeddings()(hidden).float()
 
     def on_fit_start(self) -> None:
         """Log the parameter counts and the reference baselines once per run."""
@@ -167,6 +178,15 @@ class LoRAModule(pl.LightningModule):
     def save_adapter(self, directory: Path) -> None:
         """Save the PEFT adapter with save_pretrained."""
         self.model.save_pretrained(directory)
+
+
+def supports_lean_logits(causal_lm: torch.nn.Module) -> bool:
+    """Tell whether logits equal the LM head applied to the backbone's last hidden state (no scaling or capping)."""
+    config = getattr(causal_lm, "config", None)
+    # Models that scale or soft-cap logits after the head (Cohere, Gemma 2) keep the full forward pass.
+    reshaped = any(getattr(config, key, None) for key in ("logit_scale", "final_logit_softcapping"))
+    has_backbone = getattr(causal_lm, "base_model", causal_lm) is not causal_lm
+    return has_backbone and causal_lm.get_output_embeddings() is not None and not reshaped
 
 
 def lr_multiplier(schedule: Schedule, warmup_steps: int, total_steps: int) -> Callable[[int], float]:
