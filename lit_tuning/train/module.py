@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from jsonargparse.typing import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, restricted_number_type
 from peft import LoraConfig, PeftModel, get_peft_model
-from transformers import AutoModelForCausalLM
 
+from lit_tuning.train import warm
 from lit_tuning.train.base_model import resolve_model_path
 from lit_tuning.train.metrics import answer_accuracy_counts
 
@@ -62,8 +62,8 @@ class LoRAModule(pl.LightningModule):
         # Checkpoints hold only the trainable (adapter) weights; the frozen base is reloaded from its source.
         self.strict_loading = False
         self.tokens_seen = 0  # prompt tokens trained on, kept in checkpoints so a resumed run keeps counting
-        base = AutoModelForCausalLM.from_pretrained(
-            resolve_model_path(model_name_or_path), dtype=None if torch_dtype == "auto" else getattr(torch, torch_dtype)
+        base = warm.load_base_model(
+            resolve_model_path(model_name_or_path), None if torch_dtype == "auto" else getattr(torch, torch_dtype)
         )
         if adapter_path is not None:
             self.model = PeftModel.from_pretrained(base, adapter_path, is_trainable=True)
@@ -76,6 +76,7 @@ class LoRAModule(pl.LightningModule):
                 task_type="CAUSAL_LM",
             )
             self.model = get_peft_model(base, lora)
+        warm.adopt(self.model)
         self._step_started = 0.0
         self._val_correct = self._val_total = 0
 
