@@ -25,7 +25,7 @@ TOP_K ?= 2
 SEEDS ?= 3
 
 .DEFAULT_GOAL := help
-.PHONY: help install fit base-model test test-slow test-all lint format clean-runs mlflow-ui wandb-sync bench bench-tracking bench-sweep chaos bench-search bench-search-record
+.PHONY: help install fit base-model test test-slow test-all lint format clean-runs mlflow-ui wandb-sync bench bench-tracking bench-sweep chaos bench-search bench-search-record bench-hardware gpu-check
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
@@ -72,7 +72,7 @@ wandb-sync: install ## Upload offline W&B runs (needs `wandb login` or WANDB_API
 	@ls -d $(WANDB_DIR_RUNS)/offline-run-* >/dev/null 2>&1 || { echo "no offline W&B runs in $(WANDB_DIR_RUNS)"; exit 0; }
 	$(BIN)/wandb sync --skip-synced $(WANDB_SYNC_FLAGS) $(WANDB_DIR_RUNS)/offline-run-*
 
-bench: bench-tracking bench-sweep ## All benchmarks (figures under results/tuning/bench)
+bench: bench-tracking bench-sweep bench-hardware ## All benchmarks (figures under results/tuning/bench); run on a quiet machine
 
 bench-tracking: install ## Step-time cost of MLflow / W&B logging on the default fit
 	$(BIN)/python -m lit_tuning.bench.tracking
@@ -91,6 +91,12 @@ bench-search: install ## Replay search strategies on benchmarks/search/table.csv
 # One worker with one thread at the lowest priority, so the recording can run beside other work; re-run to resume.
 bench-search-record: install ## Record (or resume) the benchmark table through the real sweep (40 runs x 1,000 steps)
 	nice -n 19 taskset -c 0 $(BIN)/python -m lit_tuning.bench.search_table $(ARGS)
+
+bench-hardware: install ## fit vs bare lean loop, cold vs warm trials (SmolLM2-135M-shaped), CPU worker plans [ARGS=--quick]
+	$(BIN)/python -m lit_tuning.bench.hardware $(ARGS)
+
+gpu-check: install ## bf16 studies of SmolLM2-135M/Qwen2.5-0.5B-shaped models on the GPUs: tokens/s, MFU, memory, trials/h
+	$(BIN)/python -m lit_tuning.bench.gpu_check $(ARGS)
 
 .PHONY: sweep status
 sweep: install ## Run (or resume) a study: make sweep [SPACE=...yaml STUDY=name STORAGE=url SWEEP_ARGS="--workers 2"]

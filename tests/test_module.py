@@ -8,7 +8,8 @@ import torch
 from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel, Qwen2Config, Qwen2ForCausalLM
 
 from lit_tuning.train.data import SpellingDataModule
-from lit_tuning.train.module import LoRAModule, lr_multiplier
+from lit_tuning.train.metrics import answer_accuracy_counts
+from lit_tuning.train.module import LoRAModule, lr_multiplier, supports_lean_logits
 
 
 def quick_trainer(root: Path, steps: int) -> pl.Trainer:
@@ -103,3 +104,39 @@ def test_saved_adapter_reloads_to_identical_predictions(micro_model_dir: Path, t
 def test_lr_schedule_warms_up_then_decays(schedule: str, expected: list[float]):
     multiplier = lr_multiplier(schedule, warmup_steps=1, total_steps=3)
     assert [round(multiplier(step), 6) for step in (0, 1, 2, 3)] == expected
+
+
+def full_answer_logits(module: LoRAModule, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The reference computation: vocabulary-wide logits at every position, then the prompt's last row."""
+    logits = module.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    return logits[torch.arange(logits.size(0)), batch["last_index"]].float()
+
+
+def test_lean_step_gives_the_full_computations_loss_accuracy_and_gradients(micro_model_dir: Path):
+    pl.seed_everything(0)
+    module = LoRAModule(model_name_or_path="embedded:micro", lora_dropout=0.0)
+    torch.nn.init.normal_(module.model.base_model.model.model.layers[0].self_attn.q_proj.lora_B.default.weight)
+    data = SpellingDataModule(model_name_or_path="embedded:micro", num_words=300, eval_batch_size=64)
+    data.setup("fit")
+    batch = next(iter(data.val_dataloader()))
+    assert supports_lean_logits(module.model.get_base_model())
+    results = []
+    for compute in (module.answer_logits, lambda b: full_answer_logits(module, b)):
+        module.zero_grad()
+        logits = compute(batch)
+        loss = torch.nn.functional.cross_entropy(logits, batch["answer_ids"])
+        loss.backward()
+        grads = torch.cat([p.grad.flatten() for p in module.model.parameters() if p.requires_grad])
+        results.append((logits.detach(), loss.item(), answer_accuracy_counts(logits, batch["answer_ids"]), grads))
+    (lean, lean_loss, lean_counts, lean_grads), (full, full_loss, full_counts, full_grads) = results
+    assert lean.shape == (64, full.shape[1])
+    assert torch.allclose(lean, full, atol=1e-5)
+    assert lean_loss == pytest.approx(full_loss, abs=1e-6) and lean_counts == full_counts
+    assert torch.allclose(lean_grads, full_grads, atol=1e-6) and lean_grads.abs().sum() > 0
+
+
+def test_models_that_rescale_logits_keep_the_full_computation(micro_model_dir: Path):
+    module = LoRAModule(model_name_or_path="embedded:micro")
+    causal_lm = module.model.get_base_model()
+    causal_lm.config.final_logit_softcapping = 30.0
+    assert not supports_lean_logits(causal_lm)

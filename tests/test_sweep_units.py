@@ -45,7 +45,30 @@ def test_cpu_workers_split_the_cores(monkeypatch):
     plans = plan_workers(4, "auto")
     assert [plan.threads for plan in plans] == [2, 2, 2, 2]
     assert all(plan.env["OMP_NUM_THREADS"] == "2" and plan.env["CUDA_VISIBLE_DEVICES"] == "" for plan in plans)
-    assert len(plan_workers(None, "cpu")) == 2
+    monkeypatch.setattr(devices, "available_memory", lambda: 64 << 30)
+    default = plan_workers(None, "cpu")  # one single-thread worker per core when memory allows
+    assert len(default) == 8 and {plan.threads for plan in default} == {1}
+
+
+def test_memory_bounds_the_default_cpu_workers():
+    gib = 1 << 30
+    assert devices.cpu_worker_count(16, 2 * gib, 64 * gib) == 5  # 0.8 * 64 GiB / (1 + 4 x 2) GiB
+    assert devices.cpu_worker_count(16, 2 * gib, 4 * gib) == 1
+    assert devices.cpu_worker_count(2, 3 << 20, 64 * gib) == 2  # the tiny model: the cores bound it
+    assert devices.cpu_worker_count(4, None, None) == 4
+
+
+def test_ddp_trials_get_k_devices_each(four_gpus, monkeypatch):
+    plans = plan_workers(None, "auto", devices_per_trial=2)
+    assert [plan.env["CUDA_VISIBLE_DEVICES"] for plan in plans] == ["0,1", "2,3"]
+    assert all({"--trainer.devices=2", "--trainer.strategy=ddp"} <= set(plan.fit_args) for plan in plans)
+    with pytest.raises(DeviceError, match="--devices-per-trial 3; allowed: 1 to 2"):
+        plan_workers(None, "0,1", devices_per_trial=3)
+    monkeypatch.setattr(devices, "visible_gpus", lambda: [])
+    monkeypatch.setattr(devices.os, "sched_getaffinity", lambda pid: set(range(4)))
+    cpu = plan_workers(None, "cpu", devices_per_trial=2, model_bytes=1 << 20)
+    assert len(cpu) == 2 and all(plan.devices_per_trial == 2 and plan.threads == 1 for plan in cpu)
+    assert all("--trainer.accelerator=cpu" in plan.fit_args and "--trainer.devices=2" in plan.fit_args for plan in cpu)
 
 
 def test_base_config_runs_first_when_it_lies_in_the_space(tmp_path):

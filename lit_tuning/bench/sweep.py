@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import tempfile
@@ -16,12 +17,17 @@ import yaml
 from lit_tuning.paths import BENCH_ROOT, DEFAULT_SEARCH_SPACE
 
 
-def bench_space(folder: Path, trials: int, steps: int) -> Path:
+def bench_space(folder: Path, trials: int, steps: int, model: str = "embedded:tiny") -> Path:
     """A random study of the default experiment with pruning off, so every run trains the same number of steps."""
     document = yaml.safe_load(DEFAULT_SEARCH_SPACE.read_text())
     document.update({"name": "bench", "strategy": "random", "n_trials": trials, "pruner": "none"})
     document["base"]["overrides"].update(
-        {"trainer.max_steps": steps, "trainer.val_check_interval": steps, "trainer.enable_progress_bar": False}
+        {
+            "trainer.max_steps": steps,
+            "trainer.val_check_interval": steps,
+            "trainer.enable_progress_bar": False,
+            "model.model_name_or_path": model,
+        }
     )
     document["parameters"]["data.batch_size"] = {"candidates": [64]}  # equal work per step across runs
     path = folder / "bench.yaml"
@@ -29,11 +35,11 @@ def bench_space(folder: Path, trials: int, steps: int) -> Path:
     return path
 
 
-def run_study(workers: int, *, trials: int, steps: int, root: Path) -> dict:
-    """Run one study with the given worker count; return wall time and training throughput."""
+def run_study(workers: int, *, trials: int, steps: int, root: Path, model: str = "embedded:tiny") -> dict:
+    """Run one study with the given worker count (the cores split evenly); return wall time and throughput."""
     out = root / f"workers-{workers}"
     out.mkdir(parents=True)
-    space = bench_space(out, trials, steps)
+    space = bench_space(out, trials, steps, model)
     storage = f"sqlite:///{out / 'optuna.db'}"
     command = [
         sys.executable, "-m", "lit_tuning.sweep", f"--search-space={space}", f"--storage={storage}",
@@ -44,7 +50,20 @@ def run_study(workers: int, *, trials: int, steps: int, root: Path) -> dict:
     wall = time.perf_counter() - started
     study = optuna.load_study(study_name="bench", storage=storage)
     steps_run = sum(trial.user_attrs.get("steps", 0) for trial in study.trials)
-    return {"workers": workers, "trials": len(study.trials), "wall_s": wall, "steps_per_s": steps_run / wall}
+    threads = max(1, cores() // workers)
+    return {
+        "workers": workers,
+        "threads": threads,
+        "trials": len(study.trials),
+        "wall_s": wall,
+        "steps_per_s": steps_run / wall,
+        "trials_per_hour": 3600 * len(study.trials) / wall,
+    }
+
+
+def cores() -> int:
+    """The cores this process may use."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def main(argv: list[str] | None = None) -> None:

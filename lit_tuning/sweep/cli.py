@@ -14,7 +14,8 @@ import optuna
 from lit_tuning.experiment.config import ConfigError, safe_name
 from lit_tuning.experiment.search_space import SearchSpaceError, load_search_space
 from lit_tuning.paths import DEFAULT_SEARCH_SPACE, DEFAULT_STORAGE, RESULTS_ROOT
-from lit_tuning.sweep.devices import DeviceError, plan_workers
+from lit_tuning.sweep import ranks
+from lit_tuning.sweep.devices import DeviceError, model_weight_bytes, plan_workers
 from lit_tuning.sweep.driver import SweepDriver, SweepRun
 from lit_tuning.sweep.objective import TrialContext
 from lit_tuning.sweep.progress import status_table
@@ -23,8 +24,9 @@ from lit_tuning.sweep.storage import DEFAULT_HEARTBEAT_S, StorageError, open_sto
 from lit_tuning.sweep.study import Budget, StudyMismatchError, design_size, open_study
 from lit_tuning.sweep.trial_record import latest_study_name, load_study
 from lit_tuning.sweep.worker import work
+from lit_tuning.train.base_model import resolve_model_path
 
-COMMANDS = ("run", "status", "worker")
+COMMANDS = ("run", "status", "worker", "rank")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,10 +38,17 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--workers",
         type=int,
-        help="worker processes (default: one per GPU x --workers-per-gpu; on CPU 2, each with half the cores)",
+        help="worker processes (default: one per GPU x --workers-per-gpu; on CPU one 1-thread worker per core, "
+        "fewer if memory cannot hold that many copies of the model)",
     )
     run.add_argument("--devices", default="auto", help="auto | cpu | GPU indices, e.g. 0,1 (default: auto)")
     run.add_argument("--workers-per-gpu", type=int, default=1, help="workers sharing one GPU, for small models")
+    run.add_argument(
+        "--devices-per-trial",
+        type=int,
+        default=1,
+        help="GPUs (or CPU processes) of each trial, run as one DDP run; default 1",
+    )
     run.add_argument("--timeout", type=float, help="seconds after which no new trial starts (running ones finish)")
     run.add_argument("--mlflow-uri", help="MLflow store or server for every trial (the scale-out path)")
     run.add_argument("--top-k", type=int, default=DEFAULT_TOP_K, help="configs written besides best.yaml")
@@ -58,9 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--worker-name", default="worker-0")
     worker.add_argument("--device", default="cpu")
     worker.add_argument("--threads", type=int)
+    worker.add_argument("--devices-per-trial", type=int, default=1)
     worker.add_argument("--deadline", type=float)
     worker.add_argument("--max-failures", type=int)
     worker.add_argument("fit_args", nargs=argparse.REMAINDER)
+    ranks.add_arguments(commands.add_parser("rank", help=argparse.SUPPRESS))  # one rank of a DDP trial
     return parser
 
 
@@ -91,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if options.command == "status":
             return show_status(options)
+        if options.command == "rank":
+            return ranks.serve_rank(options)
         return run_worker(options) if options.command == "worker" else run_sweep(options)
     except (SearchSpaceError, ConfigError, StorageError, StudyMismatchError, DeviceError, ResultsFolderError) as error:
         print(f"error: {error}", file=sys.stderr)
@@ -117,7 +130,14 @@ def run_sweep(options: argparse.Namespace) -> int:
     """Run (or resume) a study with N workers until its budget is spent."""
     space = load_search_space(options.search_space)
     name, budget = study_name(options, space), resolve_budget(options, space)
-    plans = plan_workers(options.workers, options.devices, options.workers_per_gpu)
+    model_bytes = model_weight_bytes(resolve_model_path(space.resolved_base["model.model_name_or_path"]))
+    plans = plan_workers(
+        options.workers,
+        options.devices,
+        options.workers_per_gpu,
+        devices_per_trial=options.devices_per_trial,
+        model_bytes=model_bytes,
+    )
     if options.top_k < 1:
         raise ConfigError(f"--top-k {options.top_k}; allowed: an integer >= 1")
     check_writable(Path(options.results_root))
@@ -172,6 +192,8 @@ def run_worker(options: argparse.Namespace) -> int:
         fit_args=tuple(options.fit_args),
         worker=options.worker_name,
         device=options.device,
+        devices_per_trial=options.devices_per_trial,
+        storage_url=options.storage,
     )
     limits = Budget(budget, deadline=options.deadline, max_failures=options.max_failures or budget)
     return work(study, storage, context, limits, options.threads)

@@ -188,6 +188,7 @@ class SweepDriver:
             f"--worker-name={plan.name}",
             f"--device={plan.device}",
             f"--threads={plan.threads}",
+            f"--devices-per-trial={plan.devices_per_trial}",
             "--",
             *plan.fit_args,
             *self.run.fit_args,

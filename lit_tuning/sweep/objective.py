@@ -7,6 +7,9 @@ import json
 import logging
 import math
 import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -27,6 +30,7 @@ from lit_tuning.train.cli import cli_main
 log = logging.getLogger("lit_tuning.sweep")
 # Set by the worker's SIGINT handler: Lightning turns Ctrl-C into sys.exit(1), which must not read as a crash.
 INTERRUPT_REQUESTED = threading.Event()
+RANK_STOP_GRACE_S = 60.0  # how long a DDP trial's ranks may take to stop after Ctrl-C before they are killed
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +43,8 @@ class TrialContext:
     fit_args: tuple[str, ...] = ()  # appended to every trial's `fit` arguments (device, tracking overrides)
     worker: str = "worker-0"
     device: str = "cpu"
+    devices_per_trial: int = 1  # > 1: each trial is a DDP run in its own processes (see sweep/ranks.py)
+    storage_url: str = ""  # the study's storage, for the rank processes of a DDP trial
 
 
 def trial_dir(runs_root: Path, study_name: str, number: int) -> Path:
@@ -112,7 +118,11 @@ class Objective:
         facts = TrialFacts(trial, run_dir)
         started = time.monotonic()
         try:
-            cli = cli_main(args, callbacks=[StepPruningCallback(trial, monitor=space.metric), facts])
+            if context.devices_per_trial > 1:
+                value = self.fit_across_devices(trial, args, run_dir)
+            else:
+                cli = cli_main(args, callbacks=[StepPruningCallback(trial, monitor=space.metric), facts])
+                value = cli.trainer.callback_metrics.get(space.metric)
         except optuna.TrialPruned as pruned:
             self.record(trial, reason=str(pruned))
             raise
@@ -134,12 +144,39 @@ class Objective:
         finally:
             duration_s = round(time.monotonic() - started, 3)
             self.record(trial, duration_s=duration_s, **facts.facts())
-        value = cli.trainer.callback_metrics.get(space.metric)
         if value is None or not math.isfinite(float(value)):
             reason = f"{space.metric} is {value} at the end of training"
             self.record(trial, reason=reason)
             raise optuna.TrialPruned(reason)
         return float(value)
+
+    def fit_across_devices(self, trial: optuna.Trial, args: list[str], run_dir: Path) -> float | None:
+        """Run a DDP trial as the `rank` command, whose ranks report through rank 0; return its final metric."""
+        context = self.context
+        outcome_path = run_dir.parent / f".{run_dir.name}.outcome.json"
+        outcome_path.unlink(missing_ok=True)
+        command = [
+            sys.executable, "-m", "lit_tuning.sweep", "rank", f"--search-space={context.space.path}",
+            f"--storage={context.storage_url}", f"--study={context.study_name}", f"--trial-id={trial._trial_id}",
+            f"--run-dir={run_dir}", f"--outcome={outcome_path}", "--", *args,
+        ]  # fmt: skip
+        process = subprocess.Popen(command)
+        try:
+            code = process.wait()
+        except KeyboardInterrupt:  # a stop request reached this worker: rank 0 stops its ranks and saves state
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(timeout=RANK_STOP_GRACE_S)
+            except subprocess.TimeoutExpired:
+                process.kill()
+            raise
+        if code != 0 or not outcome_path.is_file():
+            raise RuntimeError(f"the DDP trial's rank 0 exited with code {code}; see the worker log")
+        outcome = json.loads(outcome_path.read_text())
+        outcome_path.unlink()
+        if outcome["state"] == "pruned":
+            raise optuna.TrialPruned(outcome["reason"])
+        return outcome["value"]
 
     def resume_point(self, trial: optuna.Trial) -> tuple[int | None, Path | None, str | None]:
         """For a retry of a killed or interrupted trial: the original's number, the newest readable checkpoint of

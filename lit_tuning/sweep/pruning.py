@@ -1,4 +1,8 @@
-"""Step-based Optuna pruning: report the objective at every validation by global step, prune when told to."""
+"""Step-based Optuna pruning: report the objective at every validation by global step, prune when told to.
+
+In a DDP trial only rank 0 holds the trial: it reports and decides, and the decision is broadcast, so every rank
+stops at the same step (a rank that went on alone would wait forever in the next all-reduce).
+"""
 
 from __future__ import annotations
 
@@ -18,7 +22,8 @@ class StepPruningCallback(pl.Callback):
     ever pruned. Reporting by global step gives pruners one point per validation.
     """
 
-    def __init__(self, trial: optuna.Trial, monitor: str = PRIMARY_METRIC, loss: str = "train/loss") -> None:
+    def __init__(self, trial: optuna.Trial | None, monitor: str = PRIMARY_METRIC, loss: str = "train/loss") -> None:
+        """Watch `monitor` for `trial`; pass trial=None on DDP ranks other than 0."""
         self.trial = trial
         self.monitor = monitor
         self.loss = loss
@@ -30,7 +35,8 @@ class StepPruningCallback(pl.Callback):
         if trainer.global_step % max(1, trainer.log_every_n_steps) or self.loss not in trainer.callback_metrics:
             return  # checked at logging steps only: reading the value synchronizes a GPU
         value = float(trainer.callback_metrics[self.loss])
-        if not math.isfinite(value):
+        # Each rank sees its own batch's loss: stop all ranks if any one diverged.
+        if trainer.strategy.reduce_boolean_decision(not math.isfinite(value), all=False):
             raise optuna.TrialPruned(f"{self.loss} is {value} at step {trainer.global_step}: training diverged")
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -41,6 +47,9 @@ class StepPruningCallback(pl.Callback):
         step = trainer.global_step
         if not math.isfinite(value):
             raise optuna.TrialPruned(f"{self.monitor} is {value} at step {step}")
-        self.trial.report(value, step)
-        if self.trial.should_prune():
+        prune = False
+        if self.trial is not None and trainer.is_global_zero:  # the metric is synced: one rank decides for all
+            self.trial.report(value, step)
+            prune = self.trial.should_prune()
+        if trainer.strategy.broadcast(prune, src=0):
             raise optuna.TrialPruned(f"pruned at step {step}: {self.monitor}={value:.4f}")

@@ -25,6 +25,7 @@ from lit_tuning.sweep.objective import INTERRUPT_REQUESTED, Objective, TrialCont
 from lit_tuning.sweep.storage import study_lock
 from lit_tuning.sweep.study import Budget, retried_numbers
 from lit_tuning.sweep.trial_record import BUDGETED
+from lit_tuning.train import warm
 
 log = logging.getLogger("lit_tuning.sweep")
 
@@ -110,6 +111,7 @@ def work(study: optuna.Study, storage: RDBStorage, context: TrialContext, budget
     if threads:
         torch.set_num_threads(threads)
     install_interrupt_handler()
+    warm.enable()  # trials of one base model share its frozen weights, tokenizer and splits in this process
     objective = Objective(context)
     try:
         while (trial := next_trial(study, storage, context.space, budget)) is not None:

@@ -11,8 +11,9 @@ import lightning.pytorch as pl
 import torch
 from jsonargparse.typing import ClosedUnitInterval, NonNegativeInt, PositiveInt
 from torch.utils.data import DataLoader, Dataset
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
+from lit_tuning.train import warm
 from lit_tuning.train.base_model import resolve_model_path
 from lit_tuning.train.batching import pad_right
 from lit_tuning.train.metrics import best_constant_per_position_accuracy, chance_accuracy
@@ -136,13 +137,17 @@ class SpellingDataModule(pl.LightningDataModule):
     def setup(self, stage: str) -> None:
         """Load the tokenizer, tokenize the splits the stage needs and record the split in the run directory."""
         if self.tokenizer is None:
-            self.tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(self.hparams.model_name_or_path))
+            self.tokenizer = warm.load_tokenizer(resolve_model_path(self.hparams.model_name_or_path))
         needed = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}[stage]
         for name in needed:
             if name not in self.datasets:
-                self.datasets[name] = SpellingDataset(getattr(self.split, name), self.tokenizer, self.hparams.prompt)
-        if stage == "fit" and self.trainer is not None and self.trainer.log_dir and self.trainer.is_global_zero:
-            self.save_split(Path(self.trainer.log_dir) / "data_split.json")
+                words, prompt = getattr(self.split, name), self.hparams.prompt
+                key = (self.tokenizer.name_or_path, words, prompt)  # a warm worker tokenizes each split once
+                self.datasets[name] = warm.cached(key, lambda: SpellingDataset(words, self.tokenizer, prompt))
+        # trainer.log_dir is a broadcast under DDP: every rank reads it, once, or the ranks' collectives mismatch.
+        log_dir = self.trainer.log_dir if stage == "fit" and self.trainer is not None else None
+        if log_dir and self.trainer.is_global_zero:
+            self.save_split(Path(log_dir) / "data_split.json")
 
     def baselines(self, eval_split: str = "val") -> dict[str, float]:
         """Return the reference accuracies every result should be read against."""

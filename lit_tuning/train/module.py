@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from jsonargparse.typing import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, restricted_number_type
 from peft import LoraConfig, PeftModel, get_peft_model
-from transformers import AutoModelForCausalLM
 
+from lit_tuning.train import warm
 from lit_tuning.train.base_model import resolve_model_path
 from lit_tuning.train.metrics import answer_accuracy_counts
 
@@ -62,8 +62,8 @@ class LoRAModule(pl.LightningModule):
         # Checkpoints hold only the trainable (adapter) weights; the frozen base is reloaded from its source.
         self.strict_loading = False
         self.tokens_seen = 0  # prompt tokens trained on, kept in checkpoints so a resumed run keeps counting
-        base = AutoModelForCausalLM.from_pretrained(
-            resolve_model_path(model_name_or_path), dtype=None if torch_dtype == "auto" else getattr(torch, torch_dtype)
+        base = warm.load_base_model(
+            resolve_model_path(model_name_or_path), None if torch_dtype == "auto" else getattr(torch, torch_dtype)
         )
         if adapter_path is not None:
             self.model = PeftModel.from_pretrained(base, adapter_path, is_trainable=True)
@@ -76,6 +76,7 @@ class LoRAModule(pl.LightningModule):
                 task_type="CAUSAL_LM",
             )
             self.model = get_peft_model(base, lora)
+        warm.adopt(self.model)
         self._step_started = 0.0
         self._val_correct = self._val_total = 0
 
@@ -85,9 +86,20 @@ class LoRAModule(pl.LightningModule):
         return trainable, sum(p.numel() for p in self.model.parameters())
 
     def answer_logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Return the next-token logits at the end of each prompt, shape (batch, vocab)."""
-        hidden = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        return hidden[torch.arange(hidden.size(0), device=hidden.device), batch["last_index"]].float()
+        """Return the next-token logits at the end of each prompt, shape (batch, vocab).
+
+        Lean: the backbone's hidden states are gathered at each prompt's last token and only those go through
+        the LM head, instead of vocabulary-wide logits at every position (most of the logits memory and a large
+        share of the FLOPs of a real model's 50k-150k vocabulary) of which one row per question is used.
+        """
+        rows = torch.arange(batch["input_ids"].size(0), device=batch["input_ids"].device)
+        causal_lm = self.model.get_base_model()
+        if not supports_lean_logits(causal_lm):
+            logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            return logits[rows, batch["last_index"]].float()
+        outputs = causal_lm.base_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        hidden = outputs.last_hidden_state[rows, batch["last_index"]]
+        return causal_lm.get_output_embeddings()(hidden).float()
 
     def on_fit_start(self) -> None:
         """Log the parameter counts and the reference baselines once per run."""
@@ -167,6 +179,15 @@ class LoRAModule(pl.LightningModule):
     def save_adapter(self, directory: Path) -> None:
         """Save the PEFT adapter with save_pretrained."""
         self.model.save_pretrained(directory)
+
+
+def supports_lean_logits(causal_lm: torch.nn.Module) -> bool:
+    """Tell whether logits equal the LM head applied to the backbone's last hidden state (no scaling or capping)."""
+    config = getattr(causal_lm, "config", None)
+    # Models that scale or soft-cap logits after the head (Cohere, Gemma 2) keep the full forward pass.
+    reshaped = any(getattr(config, key, None) for key in ("logit_scale", "final_logit_softcapping"))
+    has_backbone = getattr(causal_lm, "base_model", causal_lm) is not causal_lm
+    return has_backbone and causal_lm.get_output_embeddings() is not None and not reshaped
 
 
 def lr_multiplier(schedule: Schedule, warmup_steps: int, total_steps: int) -> Callable[[int], float]:
