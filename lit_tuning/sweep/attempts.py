@@ -8,31 +8,74 @@ import os
 from pathlib import Path
 
 import optuna
-from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from optuna.trial import TrialState
 
 from lit_tuning.files import atomic_write
 from lit_tuning.sweep.trial_record import KILLED_REASON
-from lit_tuning.tracking.mlflow_tracker import STUDY_PARENT_TAG
+from lit_tuning.tracking.mlflow_study import STUDY_PARENT_TAG, TRIAL_TAG, fail_run, study_trial_runs
 from lit_tuning.tracking.outcome import ERROR_TAG, STATE_TAG
-from lit_tuning.tracking.settings import TRACKING_RECORD
-from lit_tuning.tracking.wandb_reader import read_wandb_run
+from lit_tuning.tracking.settings import TRACKING_RECORD, TrackingSettings
+from lit_tuning.tracking.store import open_client
+from lit_tuning.tracking.wandb_reader import find_wandb_run_file, read_wandb_run
 
 log = logging.getLogger("lit_tuning.sweep")
 
 
-def close_dead_attempts(study: optuna.Study) -> list[int]:
-    """Close the tracker runs of failed trials whose process was killed; return the trial numbers closed."""
-    closed = []
+def close_dead_attempts(study: optuna.Study, tracking: TrackingSettings | None = None) -> list[int]:
+    """Close the tracker runs of trials whose process was killed; return the trial numbers closed.
+
+    Two sides: each failed trial's run directory records its runs; and every MLflow run tagged with the study
+    that is still RUNNING while its trial is not (a kill between the run's creation and its record) is found by
+    its tags. tracking: where the sweep's trials log (None: only the first side).
+    """
+    closed = set()
     for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
         run_dir = trial.user_attrs.get("run_dir")
         if not run_dir or not (Path(run_dir) / TRACKING_RECORD).is_file():
             continue
         reason = trial.user_attrs.get("reason") or KILLED_REASON
         if close_run_trackers(Path(run_dir), reason):
-            closed.append(trial.number)
+            closed.add(trial.number)
+    if tracking is not None and tracking.mlflow:
+        closed.update(close_orphan_mlflow_runs(study, tracking))
+    return sorted(closed)
+
+
+def close_orphan_mlflow_runs(study: optuna.Study, tracking: TrackingSettings) -> list[int]:
+    """Close every RUNNING MLflow trial run of the study whose trial is no longer running; return their trials."""
+    running = {trial.number for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+    client = open_client(tracking.resolved_mlflow_uri())
+    closed = []
+    for run in study_trial_runs(client, tracking.mlflow_experiment, study.study_name):
+        trial = run.data.tags.get(TRIAL_TAG)
+        if run.info.status != "RUNNING" or (trial is not None and trial.isdigit() and int(trial) in running):
+            continue
+        fail_run(client, run.info.run_id, KILLED_REASON)
+        log.warning("closed MLflow run %s of trial %s: its process died before recording it", run.info.run_id, trial)
+        _record_closed_run(run.data.tags.get("lit_tuning.run_dir"), run, tracking.resolved_mlflow_uri())
+        if trial is not None and trial.isdigit():
+            closed.append(int(trial))
     return closed
+
+
+def _record_closed_run(run_dir: str | None, run, tracking_uri: str) -> None:
+    """Write the closed run into its run directory's record, which the kill left without it."""
+    if not run_dir or not Path(run_dir).is_dir():
+        return
+    record_path = Path(run_dir) / TRACKING_RECORD
+    record = json.loads(record_path.read_text()) if record_path.is_file() else {"run_name": run.info.run_name}
+    if (record.get("mlflow") or {}).get("run_id") == run.info.run_id:
+        return
+    record["mlflow"] = {
+        "tracking_uri": tracking_uri,
+        "experiment_id": run.info.experiment_id,
+        "run_id": run.info.run_id,
+    }
+    record.setdefault("study", run.data.tags.get("study"))
+    record.setdefault("trial", int(run.data.tags[TRIAL_TAG]) if run.data.tags.get(TRIAL_TAG, "").isdigit() else None)
+    record["closed_after_kill"] = KILLED_REASON
+    atomic_write(record_path, json.dumps(record, indent=2) + "\n")
 
 
 def close_run_trackers(run_dir: Path, reason: str) -> bool:
@@ -42,21 +85,24 @@ def close_run_trackers(run_dir: Path, reason: str) -> bool:
     changed = False
     mlflow_entry = record.get("mlflow")
     if mlflow_entry:
-        client = MlflowClient(mlflow_entry["tracking_uri"])
+        client = open_client(mlflow_entry["tracking_uri"])
         try:
             run = client.get_run(mlflow_entry["run_id"])
         except MlflowException:
             run = None
         if run is not None and run.info.status == "RUNNING":
-            client.set_tag(run.info.run_id, STATE_TAG, "failed")
-            client.set_tag(run.info.run_id, ERROR_TAG, reason[:500])
-            client.set_terminated(run.info.run_id, "FAILED")
+            fail_run(client, run.info.run_id, reason)
             changed = True
     wandb_entry = record.get("wandb")
     if wandb_entry and wandb_entry.get("mode") != "disabled" and not wandb_entry.get("closing_run_file"):
-        run_file = Path(wandb_entry.get("run_file") or "")
-        if not run_file.is_file() or read_wandb_run(run_file).exit_code is None:
-            wandb_entry["closing_run_file"] = str(close_wandb_run(wandb_entry, run_file, reason))
+        recorded = wandb_entry.get("run_file")
+        run_file = Path(recorded) if recorded and Path(recorded).is_file() else None
+        run_file = run_file or find_wandb_run_file(Path(wandb_entry["dir"]), wandb_entry["run_id"])
+        if run_file is not None and recorded != str(run_file):
+            wandb_entry["run_file"] = str(run_file)  # killed before recording it: found by the id chosen earlier
+            changed = True
+        if run_file is None or read_wandb_run(run_file).exit_code is None:
+            wandb_entry["closing_run_file"] = str(close_wandb_run(wandb_entry, reason))
             changed = True
     if changed:
         record["closed_after_kill"] = reason
@@ -64,7 +110,7 @@ def close_run_trackers(run_dir: Path, reason: str) -> bool:
     return changed
 
 
-def close_wandb_run(entry: dict, run_file: Path, reason: str) -> Path:
+def close_wandb_run(entry: dict, reason: str) -> Path:
     """Resume the W&B run by id (offline: a new run file that `wandb sync` applies) and finish it as failed."""
     import wandb
 
@@ -73,7 +119,7 @@ def close_wandb_run(entry: dict, run_file: Path, reason: str) -> Path:
         id=entry["run_id"],
         resume="allow",
         mode=entry.get("mode", "offline"),
-        dir=entry.get("dir") or str(run_file.parent.parent.parent),  # <dir>/wandb/offline-run-*/run-*.wandb
+        dir=entry["dir"],
         project=entry.get("project"),
         settings=wandb.Settings(console="off"),
     )
@@ -84,19 +130,14 @@ def close_wandb_run(entry: dict, run_file: Path, reason: str) -> Path:
     return next(directory.glob("*.wandb"))
 
 
-def close_parent_run(study: optuna.Study, finished: bool) -> None:
+def close_parent_run(study: optuna.Study, finished: bool, tracking: TrackingSettings) -> None:
     """End the study's MLflow parent run: FINISHED when the study is done, KILLED while it can still be resumed."""
-    for trial in study.get_trials(deepcopy=False):
-        uri = trial.user_attrs.get("mlflow_tracking_uri")
-        run_id = trial.user_attrs.get("mlflow_run_id")
-        if not (uri and run_id):
-            continue
-        client = MlflowClient(uri)
-        try:
-            experiment_id = client.get_run(run_id).info.experiment_id
-        except MlflowException:
-            continue
-        query = f"tags.`{STUDY_PARENT_TAG}` = '{study.study_name}'"
-        for parent in client.search_runs([experiment_id], query, max_results=10):
-            client.set_terminated(parent.info.run_id, "FINISHED" if finished else "KILLED")
+    if not tracking.mlflow:
         return
+    client = open_client(tracking.resolved_mlflow_uri())
+    experiment = client.get_experiment_by_name(tracking.mlflow_experiment)
+    if experiment is None:
+        return
+    query = f"tags.`{STUDY_PARENT_TAG}` = '{study.study_name}'"
+    for parent in client.search_runs([experiment.experiment_id], query, max_results=10):
+        client.set_terminated(parent.info.run_id, "FINISHED" if finished else "KILLED")

@@ -25,7 +25,7 @@ from lit_tuning.sweep.progress import count, progress_line
 from lit_tuning.sweep.results import write_results
 from lit_tuning.sweep.study import is_done, requeue_interrupted
 from lit_tuning.sweep.trial_record import record_killed_reason, trials_frame
-from lit_tuning.tracking.mlflow_tracker import prepare_study
+from lit_tuning.tracking.mlflow_study import prepare_study
 from lit_tuning.tracking.settings import TrackingSettings
 from lit_tuning.train.base_model import resolve_model_path
 
@@ -64,21 +64,24 @@ class SweepDriver:
         self.started = time.monotonic()
         self.log_dir = run.results_root / "runs" / study_slug(run.study.study_name) / "logs"
         self.results_error: str | None = None  # set when the results could not be written (disk full, read-only)
+        self.tracking = TrackingSettings(root=str(run.results_root), mlflow_tracking_uri=run.mlflow_uri)
+        self.failed_seen = -1  # failed trials when their runs were last closed
 
     def prepare(self) -> None:
         """Resume an earlier invocation: requeue Ctrl-C'd trials, close dead attempts, build the base model."""
         requeued = requeue_interrupted(self.run.study)
         if requeued:
             print(f"resuming interrupted trials {requeued} from their last checkpoints")
-        closed = close_dead_attempts(self.run.study)
+        settings = self.tracking
+        prepare_study(
+            settings.resolved_mlflow_uri(), settings.mlflow_experiment, settings.artifact_location(), self.study_name
+        )
+        closed = close_dead_attempts(self.run.study, settings)
+        self.failed_seen = count(self.run.study).failed
         if closed:
             print(f"closed the tracker runs of killed attempts {closed} as failed")
         reference = self.run.space.resolved_base["model.model_name_or_path"]
         print(f"base model: {resolve_model_path(reference)}")  # built once here, not by N workers at once
-        settings = TrackingSettings(root=str(self.run.results_root), mlflow_tracking_uri=self.run.mlflow_uri)
-        prepare_study(
-            settings.resolved_mlflow_uri(), settings.mlflow_experiment, settings.artifact_location(), self.study_name
-        )
         if self.run.study.get_trials(deepcopy=False):
             self.write_results()
 
@@ -93,7 +96,11 @@ class SweepDriver:
                 self.spawn(plan)
             while True:
                 try:
-                    line = progress_line(count(self.run.study), self.run.budget, time.monotonic() - self.started)
+                    counts = count(self.run.study)
+                    if counts.failed != self.failed_seen:  # a worker died and its trial was failed: close its runs now
+                        self.failed_seen = counts.failed
+                        close_dead_attempts(self.run.study, self.tracking)
+                    line = progress_line(counts, self.run.budget, time.monotonic() - self.started)
                     news = line.split("] ", 1)[1]  # the clock always changes; print on news or after a quiet minute
                     if news != last_line or time.monotonic() - last_print > QUIET_PROGRESS_S:
                         print(line, flush=True)
@@ -245,8 +252,8 @@ class SweepDriver:
     def finish(self, *, done: bool) -> None:
         """Close dead attempts' trackers and the parent run, write the results, print the summary."""
         study = self.run.study
-        close_dead_attempts(study)
-        close_parent_run(study, finished=done)
+        close_dead_attempts(study, self.tracking)
+        close_parent_run(study, finished=done, tracking=self.tracking)
         written = self.write_results() if study.get_trials(deepcopy=False) else []
         counts = count(study)
         print(progress_line(counts, self.run.budget, time.monotonic() - self.started))

@@ -1,13 +1,16 @@
-"""`python -m lit_tuning.tracking verify`: list every run's MLflow and W&B records; exit 1 on any mismatch."""
+"""`python -m lit_tuning.tracking verify`: check runs from their directories and from the trackers; exit 1 if wrong."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
-from lit_tuning.paths import RUNS_ROOT
+from lit_tuning.paths import RESULTS_ROOT, RUNS_ROOT
+from lit_tuning.tracking.settings import TRACKING_RECORD, TrackingSettings
 from lit_tuning.tracking.verify import check_run, find_runs, format_table
+from lit_tuning.tracking.verify_trackers import check_tracker_side
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -18,12 +21,25 @@ def main(argv: list[str] | None = None) -> int:
     verify.add_argument("--runs-root", type=Path, default=RUNS_ROOT, help="where run dirs are")
     verify.add_argument("--study", default=None, help="only the trials of this study")
     verify.add_argument("--metric", default=None, help="final metric to compare (default: each run's own)")
+    verify.add_argument(
+        "--tracking-root", type=Path, default=RESULTS_ROOT, help="local stores to search too (mlflow.db, wandb/)"
+    )
+    verify.add_argument("--mlflow-uri", default=None, help="MLflow store or server to search too")
+    verify.add_argument("--mlflow-experiment", default=TrackingSettings.mlflow_experiment, help="MLflow experiment")
     args = parser.parse_args(argv)
     runs = find_runs(args.runs_root, args.study)
-    if not runs:
+    records = {run: json.loads((run / TRACKING_RECORD).read_text()) for run in runs}
+    settings = TrackingSettings(root=str(args.tracking_root), mlflow_tracking_uri=args.mlflow_uri)
+    checks = [check_run(run, args.metric) for run in runs]
+    recorded_uris = [r["mlflow"]["tracking_uri"] for r in records.values() if r.get("mlflow")]
+    mlflow_uris = [settings.resolved_mlflow_uri(), *recorded_uris]
+    wandb_dirs = [settings.wandb_dir(), *(Path(r["wandb"]["dir"]) for r in records.values() if r.get("wandb"))]
+    checks += check_tracker_side(
+        records, mlflow_uris=mlflow_uris, experiment=args.mlflow_experiment, wandb_dirs=wandb_dirs, study=args.study
+    )
+    if not checks:
         print(f"no tracked runs under {args.runs_root}" + (f" for study {args.study!r}" if args.study else ""))
         return 1
-    checks = [check_run(run, args.metric) for run in runs]
     print(format_table(checks))
     failed = [c for c in checks if c.problems]
     print(f"\n{len(checks)} runs checked, {len(failed)} with problems")

@@ -1,84 +1,38 @@
-"""A Lightning logger writing to MLflow in batches, with full params and a truthful final status."""
+"""Lightning's MLflow logger with batched metrics, the full config as params and a truthful final status."""
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from lightning.pytorch.loggers.logger import Logger, rank_zero_experiment
+from lightning.pytorch.loggers import MLFlowLogger
 from lightning.pytorch.utilities import rank_zero_only
-from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
-from mlflow.exceptions import MlflowException
 from mlflow.utils.validation import MAX_METRICS_PER_BATCH, MAX_PARAM_VAL_LENGTH, MAX_PARAMS_TAGS_PER_BATCH
 
-from lit_tuning.files import file_lock
-from lit_tuning.paths import sqlite_file
+from lit_tuning.tracking.mlflow_study import (
+    PARENT_RUN_TAG,
+    STUDY_PARENT_TAG,
+    experiment_id_of,
+    study_parent_run,
+)
 from lit_tuning.tracking.outcome import ERROR_TAG, MLFLOW_STATUS, STATE_TAG, Outcome
+from lit_tuning.tracking.store import ensure_store
 
+__all__ = ["MLflowTracker", "STUDY_PARENT_TAG", "TRUNCATED_SUFFIX"]
 TRUNCATED_SUFFIX = " …[truncated: full value in config.yaml]"
-PARENT_RUN_TAG = "mlflow.parentRunId"
-STUDY_PARENT_TAG = "lit_tuning.study_parent"
 
 
-@contextlib.contextmanager
-def store_setup_lock(tracking_uri: str) -> Iterator[None]:
-    """Serialize the first use of a local SQLite store: two processes creating it at once race in its migration."""
-    database = sqlite_file(tracking_uri) if "://" in tracking_uri else None  # a server URL or a local store
-    if database is None:
-        yield
-        return
-    with file_lock(database.with_name(database.name + ".lock")):
-        yield
+class MLflowTracker(MLFlowLogger):
+    """One MLflow run, created at once; a trial's run is a child of its study's parent run.
 
-
-def experiment_id_of(client: MlflowClient, experiment: str, artifact_location: str | None = None) -> str:
-    """Return the experiment's id, creating it if needed; a worker that loses the creation race uses the winner's."""
-    found = client.get_experiment_by_name(experiment)
-    if found is not None:
-        return found.experiment_id
-    try:
-        return client.create_experiment(experiment, artifact_location=artifact_location)
-    except MlflowException:
-        found = client.get_experiment_by_name(experiment)
-        if found is None:
-            raise
-        return found.experiment_id
-
-
-def prepare_study(tracking_uri: str, experiment: str, artifact_location: str | None, study: str) -> str:
-    """Create the store, the experiment and the study's parent run before any worker starts; return the parent id.
-
-    Two workers that create a fresh SQLite store at the same moment race in its schema migration.
+    Differs from MLFlowLogger in: metrics are buffered and written in batches (the base writes one request per
+    step), the whole resolved config is logged untruncated where MLflow allows (the base cuts at 250 characters
+    and logs Lightning's subset), the experiment is created race-free in a store built whole, and `finalize`
+    records pruned and interrupted runs as KILLED with their state (the base calls every exception FAILED).
     """
-    client = MlflowClient(tracking_uri)
-    with store_setup_lock(tracking_uri):
-        experiment_id = experiment_id_of(client, experiment, artifact_location)
-    return study_parent_run(client, experiment_id, study)
-
-
-def study_parent_run(client: MlflowClient, experiment_id: str, study: str) -> str:
-    """Return the id of the study's parent run, creating it once; concurrent workers settle on the oldest."""
-
-    def parents() -> list:
-        query = f"tags.`{STUDY_PARENT_TAG}` = '{study}'"
-        return client.search_runs([experiment_id], query, order_by=["attributes.start_time ASC"], max_results=10)
-
-    found = parents()
-    if found:
-        return found[0].info.run_id
-    created = client.create_run(experiment_id, run_name=study, tags={STUDY_PARENT_TAG: study, "study": study})
-    oldest = parents()[0].info.run_id
-    if oldest != created.info.run_id:  # another worker created one first: keep a single parent
-        client.delete_run(created.info.run_id)
-    return oldest
-
-
-class MLflowTracker(Logger):
-    """Logs one MLflow run: metrics buffered and written in batches, params in full, status set from the outcome."""
 
     def __init__(
         self,
@@ -91,35 +45,28 @@ class MLflowTracker(Logger):
         study: str | None = None,
         flush_every: int = 200,
     ) -> None:
-        super().__init__()
-        self.client = MlflowClient(tracking_uri)
-        self.tracking_uri = tracking_uri
-        with store_setup_lock(tracking_uri):
-            experiment_id = experiment_id_of(self.client, experiment, artifact_location)
-        run_tags = dict(tags)
+        ensure_store(tracking_uri)
+        super().__init__(
+            experiment_name=experiment,
+            run_name=run_name,
+            tracking_uri=tracking_uri,
+            tags=dict(tags),
+            artifact_location=artifact_location,
+        )
+        client = self._mlflow_client
+        self._experiment_id = experiment_id_of(client, experiment, artifact_location)  # workers may race here
         if study is not None:  # a trial is a child run of its study's parent run
-            run_tags[PARENT_RUN_TAG] = study_parent_run(self.client, experiment_id, study)
-        self.run = self.client.create_run(experiment_id, run_name=run_name, tags=run_tags)
+            self.tags[PARENT_RUN_TAG] = study_parent_run(client, self._experiment_id, study)
+        _ = self.experiment  # create the run now, tagged, so its id exists before the first step
         self._buffer: list[Metric] = []
         self._flush_every = flush_every
         self.outcome: Outcome | None = None
         self._terminated = False
 
     @property
-    def name(self) -> str:
-        """The MLflow experiment id."""
-        return self.run.info.experiment_id
-
-    @property
-    def version(self) -> str:
-        """The MLflow run id."""
-        return self.run.info.run_id
-
-    @property
-    @rank_zero_experiment
-    def experiment(self) -> MlflowClient:
-        """The MLflow client."""
-        return self.client
+    def tracking_uri(self) -> str:
+        """The MLflow store or server URL."""
+        return self._tracking_uri
 
     @rank_zero_only
     def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
@@ -136,9 +83,9 @@ class MLflowTracker(Logger):
                 shortened.append(key)
             params.append(Param(key, text))
         for start in range(0, len(params), MAX_PARAMS_TAGS_PER_BATCH):
-            self.client.log_batch(self.version, params=params[start : start + MAX_PARAMS_TAGS_PER_BATCH])
+            self.experiment.log_batch(self.run_id, params=params[start : start + MAX_PARAMS_TAGS_PER_BATCH])
         if shortened:
-            self.client.set_tag(self.version, "lit_tuning.shortened_params", ",".join(shortened))
+            self.experiment.set_tag(self.run_id, "lit_tuning.shortened_params", ",".join(shortened))
         return shortened
 
     @rank_zero_only
@@ -156,15 +103,15 @@ class MLflowTracker(Logger):
         """Write the buffered metrics."""
         while self._buffer:
             chunk, self._buffer = self._buffer[:MAX_METRICS_PER_BATCH], self._buffer[MAX_METRICS_PER_BATCH:]
-            self.client.log_batch(self.version, metrics=chunk)
+            self.experiment.log_batch(self.run_id, metrics=chunk)
 
     @rank_zero_only
     def log_artifacts(self, path: Path, artifact_path: str | None = None) -> None:
         """Upload a file or a folder."""
         if path.is_dir():
-            self.client.log_artifacts(self.version, str(path), artifact_path)
+            self.experiment.log_artifacts(self.run_id, str(path), artifact_path)
         elif path.is_file():
-            self.client.log_artifact(self.version, str(path), artifact_path)
+            self.experiment.log_artifact(self.run_id, str(path), artifact_path)
 
     @rank_zero_only
     def save(self) -> None:
@@ -172,15 +119,15 @@ class MLflowTracker(Logger):
         self.flush()
 
     @rank_zero_only
-    def finalize(self, status: str) -> None:
+    def finalize(self, status: str = "success") -> None:
         """Flush and close the run with the status of its outcome (Lightning's own `status` ignores pruning)."""
-        if self._terminated:
+        if self._terminated or not self._initialized:
             return
         self.flush()
         outcome = self.outcome or Outcome.from_lightning_status(status)
         tags = [RunTag(STATE_TAG, outcome.state)]
         if outcome.error:
             tags.append(RunTag(ERROR_TAG, outcome.error[:5000]))
-        self.client.log_batch(self.version, tags=tags)
-        self.client.set_terminated(self.version, MLFLOW_STATUS[outcome.state])
+        self.experiment.log_batch(self.run_id, tags=tags)
+        self.experiment.set_terminated(self.run_id, MLFLOW_STATUS[outcome.state])
         self._terminated = True

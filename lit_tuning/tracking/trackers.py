@@ -12,21 +12,13 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.loggers.logger import Logger
+from wandb.sdk.lib.runid import generate_id  # the id wandb.init would pick
 
+from lit_tuning.files import atomic_write
 from lit_tuning.tracking.mlflow_tracker import MLflowTracker
 from lit_tuning.tracking.outcome import Outcome
 from lit_tuning.tracking.settings import TRACKING_RECORD, TrackingSettings
 from lit_tuning.tracking.wandb_tracker import WandbTracker
-
-__all__ = [
-    "MLflowTracker",
-    "Outcome",
-    "TrackingCallback",
-    "TrackingSettings",
-    "WandbTracker",
-    "build_trackers",
-    "close_open_trackers",
-]
 
 # Trackers of this process not yet finalized: an exception outside the Trainer (before fit starts, a Ctrl-C
 # during setup) never reaches Lightning's hooks, and these runs must not be left RUNNING.
@@ -42,11 +34,16 @@ def build_trackers(
     accelerator: str,
     metric: str,
 ) -> list[Logger]:
-    """Create the MLflow and W&B loggers of one run and record where they write in <run_dir>/tracking.json."""
+    """Create the MLflow and W&B loggers of one run, recording in <run_dir>/tracking.json where each one writes.
+
+    The record is rewritten (atomically) as soon as each run exists, and the W&B id is chosen and recorded before
+    its run starts, so that a process killed at any instant leaves runs the sweep can find and close.
+    """
     name = settings.run_name(run_dir.name)
     tags = run_tags(settings, run_dir=run_dir, job_type=job_type, accelerator=accelerator)
     trackers: list[Logger] = []
     record: dict[str, Any] = {"run_name": name, "study": settings.study, "trial": settings.trial, "metric": metric}
+    record_path = run_dir / TRACKING_RECORD
     if settings.mlflow:
         mlflow_tracker = MLflowTracker(
             tracking_uri=settings.resolved_mlflow_uri(),
@@ -56,38 +53,41 @@ def build_trackers(
             artifact_location=settings.artifact_location(),
             study=settings.study,
         )
-        mlflow_tracker.log_config(flatten(config))
+        _open_trackers.append(mlflow_tracker)
         trackers.append(mlflow_tracker)
         record["mlflow"] = {
             "tracking_uri": mlflow_tracker.tracking_uri,
             "experiment_id": mlflow_tracker.name,
             "run_id": mlflow_tracker.version,
         }
+        atomic_write(record_path, json.dumps(record, indent=2) + "\n")
+        mlflow_tracker.log_config(flatten(config))
     mode = settings.resolved_wandb_mode()
     if mode != "disabled":
+        record["wandb"] = {
+            "mode": mode,
+            "run_id": generate_id(),
+            "run_file": "",
+            "project": settings.resolved_wandb_project(),
+            "dir": str(settings.wandb_dir()),
+        }
+        atomic_write(record_path, json.dumps(record, indent=2) + "\n")
         wandb_tracker = WandbTracker(
             mode=mode,
             project=settings.resolved_wandb_project(),
             entity=settings.resolved_wandb_entity(),
             save_dir=settings.wandb_dir(),
+            run_id=record["wandb"]["run_id"],
             run_name=name,
             group=settings.study,
             job_type="trial" if settings.trial is not None else job_type,
             tags=tags,
             config=config,
         )
+        _open_trackers.append(wandb_tracker)
         trackers.append(wandb_tracker)
-        run_file = wandb_tracker.run_file()
-        record["wandb"] = {
-            "mode": mode,
-            "run_id": wandb_tracker.version,
-            "run_file": str(run_file or ""),
-            "project": settings.resolved_wandb_project(),
-            "dir": str(settings.wandb_dir()),
-        }
-    _open_trackers.extend(trackers)  # type: ignore[arg-type]
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / TRACKING_RECORD).write_text(json.dumps(record, indent=2) + "\n")
+        record["wandb"]["run_file"] = str(wandb_tracker.run_file() or "")
+    atomic_write(record_path, json.dumps(record, indent=2) + "\n")
     return trackers
 
 

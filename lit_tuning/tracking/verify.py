@@ -8,11 +8,11 @@ import math
 from pathlib import Path
 
 import pandas as pd
-from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from lit_tuning.tracking.outcome import STATE_TAG
 from lit_tuning.tracking.settings import TRACKING_RECORD
+from lit_tuning.tracking.store import open_client
 from lit_tuning.tracking.wandb_reader import read_wandb_run
 
 
@@ -64,7 +64,7 @@ def _check_mlflow(entry: dict | None, metric: str, check: RunCheck) -> str | Non
     if entry is None:
         return None
     try:
-        run = MlflowClient(entry["tracking_uri"]).get_run(entry["run_id"])
+        run = open_client(entry["tracking_uri"]).get_run(entry["run_id"])
     except MlflowException:
         check.problems.append(f"MLflow run {entry['run_id']} is missing")
         return None
@@ -82,11 +82,13 @@ def _check_wandb(entry: dict | None, metric: str, check: RunCheck) -> str | None
     if entry is None:
         return None
     run_file = Path(entry.get("run_file") or "")
+    closing_file = Path(entry.get("closing_run_file") or "")
+    if not run_file.is_file() and closing_file.is_file():  # killed before W&B wrote anything; closed by the sweep
+        run_file = closing_file
     if not run_file.is_file():
-        check.problems.append(f"W&B run file {run_file} is missing")
+        check.problems.append(f"W&B run file {entry.get('run_file') or '(none recorded)'} is missing")
         return None
     record = read_wandb_run(run_file)
-    closing_file = Path(entry.get("closing_run_file") or "")
     if record.exit_code is None and closing_file.is_file():  # killed, then closed by the sweep in a resumed run
         closing = read_wandb_run(closing_file)
         record.exit_code, record.summary = closing.exit_code, {**record.summary, **closing.summary}

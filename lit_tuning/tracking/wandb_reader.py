@@ -31,6 +31,20 @@ class WandbRunRecord:
         return values[-1] if values else None
 
 
+def find_wandb_run_file(wandb_dir: Path, run_id: str) -> Path | None:
+    """Return the first `.wandb` file of a run id under <wandb_dir>/wandb (a resumed run adds later ones)."""
+    found = sorted(wandb_dir.glob(f"wandb/*-{run_id}/run-{run_id}.wandb"))
+    return found[0] if found else None
+
+
+def wandb_run_files(wandb_dir: Path) -> dict[str, list[Path]]:
+    """Return every run's `.wandb` files under <wandb_dir>/wandb, by run id, oldest first."""
+    files: dict[str, list[Path]] = {}
+    for path in sorted(wandb_dir.glob("wandb/*/run-*.wandb")):
+        files.setdefault(path.stem.removeprefix("run-"), []).append(path)
+    return files
+
+
 def _wandb_command() -> list[str]:
     executable = Path(sys.executable).with_name("wandb")
     return [str(executable)] if executable.exists() else [shutil.which("wandb") or "wandb"]

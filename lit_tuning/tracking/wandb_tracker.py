@@ -28,6 +28,7 @@ class WandbTracker(WandbLogger):
         entity: str | None,
         save_dir: Path,
         run_name: str,
+        run_id: str | None = None,
         group: str | None,
         job_type: str,
         tags: Mapping[str, str],
@@ -39,6 +40,7 @@ class WandbTracker(WandbLogger):
         # The mode goes to wandb.init directly; Lightning's offline=True would set WANDB_MODE for the whole process.
         super().__init__(
             name=run_name,
+            id=run_id,
             save_dir=str(save_dir),
             project=project,
             entity=entity,
