@@ -38,8 +38,7 @@ def evaluators(seed: int = 0) -> dict[str, optuna.importance.BaseImportanceEvalu
 
 
 def usable_trials(study: optuna.Study) -> tuple[list[optuna.trial.FrozenTrial], list[str], list[str], str | None]:
-    """Completed trials with a finite value, the parameters they vary, notes on left-out trials, and why importance
-    is undefined (None when it is defined)."""
+    """Finite completed trials, the parameters they vary, notes on trials left out, why importance is undefined."""
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     trials = [trial for trial in complete if math.isfinite(trial.value)]
     notes = []
