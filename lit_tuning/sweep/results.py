@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ from lit_tuning.experiment.search_space import Candidates, SearchSpace
 from lit_tuning.experiment.strategies import decode_choice, trial_config
 from lit_tuning.files import atomic_write
 from lit_tuning.paths import CONFIGS_ROOT, DATA_ROOT, configs_dir, data_dir
-from lit_tuning.sweep.trial_record import curves_frame, trials_frame
+from lit_tuning.sweep.trial_record import ascending, curves_frame, trials_frame
 
 DEFAULT_TOP_K = 3
 
@@ -44,10 +45,11 @@ def decoded_params(space: SearchSpace, params: dict[str, Any]) -> dict[str, Any]
 
 
 def ranked_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    """Completed trials, best first in the study's direction."""
+    """Completed trials with a finite value, best first in the study's direction (the report's ranking too)."""
     completed = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
-    return sorted(completed, key=lambda trial: (-trial.value if maximize else trial.value, trial.number))
+    finite = [trial for trial in completed if math.isfinite(trial.value)]  # an inf loss is no result to replay
+    lower_first = ascending(study.direction)
+    return sorted(finite, key=lambda trial: (trial.value if lower_first else -trial.value, trial.number))
 
 
 def write_results(
