@@ -48,6 +48,7 @@ def check(work: Path, storage: str, study_name: str, budget: int, steps: int) ->
         "steps_computed": computed,
         "steps_minimum": minimum,
         "steps_recomputed": computed - minimum,
+        "temporary_files_left": len(list(work.glob("data/*/.*.tmp")) + list(work.glob("configs/*/.*.tmp"))),
         "store_errors": sorted({line for line in lines if "already exists" in line})[:5],
     }
 
