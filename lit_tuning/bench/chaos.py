@@ -245,7 +245,13 @@ def during_startup(chaos: Chaos) -> Callable[[], Any]:
 def during_export(chaos: Chaos) -> Callable[[], Any]:
     """The driver writing the results tables or configs (atomic_write's temporary file exists)."""
     folders = [data_dir(STUDY, chaos.work / "data"), chaos.work / "configs" / STUDY]
-    return lambda: any(next(folder.glob(".*.tmp"), None) for folder in folders if folder.is_dir())
+    before = set(temporary_files(folders))  # left by an earlier kill mid-write: not this write
+    return lambda: any(path not in before for path in temporary_files(folders))
+
+
+def temporary_files(folders: list[Path]) -> list[Path]:
+    """atomic_write's temporary files in the results folders (a write in progress, or one a kill cut short)."""
+    return [path for folder in folders if folder.is_dir() for path in folder.glob(".*.tmp")]
 
 
 MOMENTS = {
@@ -262,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the chaos study and write chaos.json; exit 1 when any check fails."""
     parser = argparse.ArgumentParser(prog="python -m lit_tuning.bench.chaos", description=__doc__)
     parser.add_argument("--kills", type=int, default=20, help="SIGKILLs before the study is run to its end")
-    parser.add_argument("--trials", type=int, default=12, help="the study's budget")
+    parser.add_argument("--trials", type=int, default=24, help="the study's budget (enough to outlast the kills)")
     parser.add_argument("--steps", type=int, default=40, help="training steps of every trial")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0, help="chooses the kill moments and targets")

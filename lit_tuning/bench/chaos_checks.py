@@ -22,7 +22,9 @@ def check(work: Path, storage: str, study_name: str, budget: int, steps: int) ->
     finished_retries = {n for t in trials if t.state.name in finished_states for n in retry_history(t)}
     failed = [t for t in trials if t.state.name == "FAIL"]
     given_up = [t.number for t in failed if "given up" in str(table.loc[t.number, "reason"])]
-    unaccounted = [t.number for t in failed if t.number not in finished_retries and t.number not in given_up]
+    # A chain of attempts ends either finished or given up at the retry limit: every attempt in it is accounted for.
+    given_up_chains = {n for t in failed if t.number in given_up for n in retry_history(t)} | set(given_up)
+    unaccounted = [t.number for t in failed if t.number not in finished_retries | given_up_chains]
     verify_command = ["verify", f"--runs-root={work / 'runs'}", f"--study={study_name}"]
     verify = subprocess.run(
         [sys.executable, "-m", "lit_tuning.tracking", *verify_command], capture_output=True, text=True, check=False
@@ -37,7 +39,7 @@ def check(work: Path, storage: str, study_name: str, budget: int, steps: int) ->
         "budget": budget,
         "left_running": [t.number for t in trials if t.state.name in ("RUNNING", "WAITING")],
         "failed_attempts": len(failed),
-        "retried_to_the_end": len(failed) - len(unaccounted) - len(given_up),
+        "retried_to_the_end": sum(t.number in finished_retries for t in failed),
         "given_up": {n: str(table.loc[n, "reason"]) for n in given_up},
         "killed_without_retry_or_reason": unaccounted,
         "resumed_from_checkpoint": sum(bool(t.user_attrs.get("resumed_from_step")) for t in trials),
@@ -48,6 +50,7 @@ def check(work: Path, storage: str, study_name: str, budget: int, steps: int) ->
         "steps_computed": computed,
         "steps_minimum": minimum,
         "steps_recomputed": computed - minimum,
+        "temporary_files_left": len(list(work.glob("data/*/.*.tmp")) + list(work.glob("configs/*/.*.tmp"))),
         "store_errors": sorted({line for line in lines if "already exists" in line})[:5],
     }
 
