@@ -13,6 +13,7 @@ CONFIG ?= configs/base.yaml
 ARGS ?=
 PYTEST_ARGS ?=
 MLFLOW_PORT ?= 5000
+DASHBOARD_PORT ?= 8080
 MLFLOW_STORE ?= sqlite:///$(CURDIR)/results/tuning/mlflow.db
 WANDB_DIR_RUNS ?= results/tuning/wandb
 WANDB_SYNC_FLAGS ?=
@@ -25,7 +26,7 @@ TOP_K ?= 2
 SEEDS ?= 3
 
 .DEFAULT_GOAL := help
-.PHONY: help install fit base-model test test-slow test-all lint format clean-runs mlflow-ui wandb-sync bench bench-tracking bench-sweep chaos bench-search bench-search-record bench-hardware gpu-check
+.PHONY: help install fit base-model test test-slow test-all lint format clean-runs mlflow-ui dashboard wandb-sync bench bench-tracking bench-sweep chaos bench-search bench-search-record bench-hardware gpu-check
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
@@ -36,7 +37,7 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "torch==$(TORCH_VERSION)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q -e ".[dev,dashboard]"
 	# W&B's sweep schema and checks; --no-deps: its numpy<2 pin is for search code lit_tuning does not use
 	$(BIN)/python -m pip install -q --no-deps "sweeps==0.3.0"
 	touch $@
@@ -67,6 +68,9 @@ format: install ## Apply ruff's fixes and formatting
 mlflow-ui: install ## Browse every run: MLflow UI on http://127.0.0.1:$(MLFLOW_PORT) [MLFLOW_PORT=5000]
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow ui --host 127.0.0.1 --port $(MLFLOW_PORT) \
 		--workers 1 --backend-store-uri $(MLFLOW_STORE)
+
+dashboard: install ## Optuna's live view of the studies in STORAGE on http://127.0.0.1:$(DASHBOARD_PORT) [DASHBOARD_PORT=8080]
+	$(BIN)/optuna-dashboard --host 127.0.0.1 --port $(DASHBOARD_PORT) $(STORAGE)
 
 wandb-sync: install ## Upload offline W&B runs (needs `wandb login` or WANDB_API_KEY)
 	@ls -d $(WANDB_DIR_RUNS)/offline-run-* >/dev/null 2>&1 || { echo "no offline W&B runs in $(WANDB_DIR_RUNS)"; exit 0; }

@@ -2,22 +2,24 @@
 
 import json
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import optuna
 import pandas as pd
 import pytest
 import requests
 from conftest import ROOT, micro_args, run_cli
 from mlflow import MlflowClient
+from sweep_helpers import run_sweep, sqlite_url, write_space
+from web_helpers import mlflow_server, rendered_dom, screenshot
 
 from lit_tuning.tracking import TrackingSettings, WandbTracker
 from lit_tuning.tracking.__main__ import main as tracking_main
+from lit_tuning.tracking.mlflow_study import study_trial_runs
 from lit_tuning.tracking.wandb_reader import read_wandb_run
 from lit_tuning.train.metrics import PRIMARY_METRIC
 
@@ -25,7 +27,6 @@ FAKE_SECRETS = {
     "WANDB_API_KEY": "fake0123456789secretkey0123456789abcdef",
     "SERVICE_TOKEN": "tok-SECRET-4242-do-not-log",
 }
-ARTIFACTS = ROOT / "tests" / "artifacts"  # screenshots kept for a person to look at (git-ignored)
 ENDINGS = {
     "done": [],
     "pruned": ["--trainer.callbacks+=callbacks.EndRunAtStep", "--trainer.callbacks.step=15",
@@ -124,13 +125,14 @@ def test_no_secret_reaches_any_written_file(tracked):
 
 def test_verify_agrees_then_catches_a_deleted_run(tracked, capsys):
     runs_root = str(tracked["root"] / "runs")
-    assert tracking_main(["verify", "--runs-root", runs_root]) == 0
+    verify = ["verify", "--runs-root", runs_root, "--tracking-root", str(tracked["root"] / "tracking")]
+    assert tracking_main(verify) == 0
     table = capsys.readouterr().out
     assert "3 runs checked, 0 with problems" in table
     run_id = tracked["records"]["done"]["mlflow"]["run_id"]
     tracked["client"].delete_run(run_id)
     try:
-        assert tracking_main(["verify", "--runs-root", runs_root]) == 1
+        assert tracking_main(verify) == 1
         assert f"MLflow run {run_id} is deleted" in capsys.readouterr().out
     finally:
         tracked["client"].restore_run(run_id)
@@ -168,68 +170,29 @@ def test_a_bad_wandb_mode_in_the_environment_is_named(monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def mlflow_server(tracked: dict) -> str:
+def tracked_server(tracked: dict) -> str:
     """A real `mlflow server` on 127.0.0.1 over the tracked runs' store; yields its URL, then stops it."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    command = [
-        str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1", "--port", str(port),
-        "--workers", "1", "--backend-store-uri", tracked["records"]["done"]["mlflow"]["tracking_uri"],
-    ]  # fmt: skip
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    server = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            assert server.poll() is None, "mlflow server exited during start-up"
-            try:
-                if requests.get(f"{url}/health", timeout=2).ok:
-                    break
-            except requests.ConnectionError:
-                time.sleep(0.5)
-        else:
-            pytest.fail("mlflow server did not answer /health within 180 s")
+    with mlflow_server(tracked["records"]["done"]["mlflow"]["tracking_uri"], tracked["root"] / "served") as url:
         yield url
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
 
-def test_the_server_serves_every_run_over_rest(tracked, mlflow_server):
+def test_the_server_serves_every_run_over_rest(tracked, tracked_server):
     experiment_id = tracked["records"]["done"]["mlflow"]["experiment_id"]
     response = requests.post(
-        f"{mlflow_server}/api/2.0/mlflow/runs/search", json={"experiment_ids": [experiment_id]}, timeout=30
+        f"{tracked_server}/api/2.0/mlflow/runs/search", json={"experiment_ids": [experiment_id]}, timeout=30
     )
     response.raise_for_status()
     statuses = {run["info"]["run_name"]: run["info"]["status"] for run in response.json()["runs"]}
     assert statuses == {"done": "FINISHED", "pruned": "KILLED", "crash": "FAILED"}
 
 
-def test_the_mlflow_ui_lists_the_runs_in_a_real_browser(tracked, mlflow_server, tmp_path):
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    assert chromium, "headless Chromium is required: apt-get install chromium (.ci/run installs it)"
-    page = f"{mlflow_server}/#/experiments/{tracked['records']['done']['mlflow']['experiment_id']}/runs"
-    flags = [
-        "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        "--virtual-time-budget=20000", "--window-size=1400,900",
-    ]  # fmt: skip
-    dom = subprocess.run(
-        [chromium, *flags, f"--user-data-dir={tmp_path / 'dom'}", "--dump-dom", page],
-        capture_output=True, text=True, timeout=120,
-    ).stdout  # fmt: skip
+def test_the_mlflow_ui_lists_the_runs_in_a_real_browser(tracked, tracked_server, tmp_path):
+    page = f"{tracked_server}/#/experiments/{tracked['records']['done']['mlflow']['experiment_id']}/runs"
+    dom = rendered_dom(page, tmp_path / "dom")
     assert "Training runs" in dom
     for name in ENDINGS:
         assert f">{name}<" in dom, f"run {name} is not listed in the MLflow UI"
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    screenshot = ARTIFACTS / "mlflow_ui_runs.png"
-    subprocess.run(
-        [chromium, *flags, f"--user-data-dir={tmp_path / 'shot'}", f"--screenshot={screenshot}", page],
-        capture_output=True, timeout=120, check=True,
-    )  # fmt: skip
-    assert screenshot.stat().st_size > 10_000
+    assert screenshot(page, "mlflow_ui_runs.png", tmp_path / "shot").stat().st_size > 10_000
 
 
 def test_ctrl_c_closes_both_runs_as_interrupted(tmp_path, micro_model_dir):
@@ -271,3 +234,26 @@ def test_trials_of_a_study_are_child_runs_in_one_group(tmp_path, micro_model_dir
     assert children[1].data.tags["trial"] == "1" and children[1].data.tags["sampler"] == "tpe"
     wandb_record = read_wandb_run(Path(records[1]["wandb"]["run_file"]))
     assert (wandb_record.name, wandb_record.group, wandb_record.job_type) == ("s1/t0001", "s1", "trial")
+
+
+@pytest.mark.slow
+def test_a_sweep_with_mlflow_uri_logs_to_a_real_mlflow_server(tmp_path, model_cache):
+    served = tmp_path / "server"
+    with mlflow_server(f"sqlite:///{served / 'mlflow.db'}", served / "artifacts") as url:
+        space = write_space(tmp_path, "remote", {"trainer.max_steps": 20}, n_trials=2)
+        result = run_sweep(space, tmp_path, sqlite_url(tmp_path), "--workers=1", f"--mlflow-uri={url}")
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        study = optuna.load_study(study_name="remote", storage=sqlite_url(tmp_path))
+        client = MlflowClient(url)
+        runs = {run.data.tags["trial"]: run for run in study_trial_runs(client, "lit_tuning", "remote")}
+        assert sorted(runs) == ["0", "1"]
+        for trial in study.trials:
+            run = runs[str(trial.number)]
+            assert (
+                trial.user_attrs["mlflow_tracking_uri"] == url and trial.user_attrs["mlflow_run_id"] == run.info.run_id
+            )
+            assert run.info.status == {"COMPLETE": "FINISHED", "PRUNED": "KILLED"}[trial.state.name]
+            assert client.get_run(run.data.tags["mlflow.parentRunId"]).info.run_name == "remote"
+            assert "config.yaml" in {artifact.path for artifact in client.list_artifacts(run.info.run_id)}
+    assert not (tmp_path / "mlflow.db").exists()  # nothing went to the local store instead
+    assert list((served / "artifacts").rglob("config.yaml"))  # the server stored the uploads

@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 import optuna
+from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 from optuna.trial import TrialState
 
@@ -44,12 +45,21 @@ def close_dead_attempts(study: optuna.Study, tracking: TrackingSettings | None =
 
 def close_orphan_mlflow_runs(study: optuna.Study, tracking: TrackingSettings) -> list[int]:
     """Close every RUNNING MLflow trial run of the study whose trial is no longer running; return their trials."""
-    running = {trial.number for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
     client = open_client(tracking.resolved_mlflow_uri())
+    # Order matters: runs first, then trial states, then each run again. A trial that starts meanwhile is not
+    # in the first list; one that ends meanwhile closed its runs before Optuna heard of its end.
+    candidates = [
+        run
+        for run in study_trial_runs(client, tracking.mlflow_experiment, study.study_name)
+        if run.info.status == "RUNNING"
+    ]
+    running = {trial.number for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
     closed = []
-    for run in study_trial_runs(client, tracking.mlflow_experiment, study.study_name):
+    for run in candidates:
         trial = run.data.tags.get(TRIAL_TAG)
-        if run.info.status != "RUNNING" or (trial is not None and trial.isdigit() and int(trial) in running):
+        if trial is not None and trial.isdigit() and int(trial) in running:
+            continue
+        if client.get_run(run.info.run_id).info.status != "RUNNING":
             continue
         fail_run(client, run.info.run_id, KILLED_REASON)
         log.warning("closed MLflow run %s of trial %s: its process died before recording it", run.info.run_id, trial)
@@ -59,9 +69,9 @@ def close_orphan_mlflow_runs(study: optuna.Study, tracking: TrackingSettings) ->
     return closed
 
 
-def _record_closed_run(run_dir: str | None, run, tracking_uri: str) -> None:
-    """Write the closed run into its run directory's record, which the kill left without it."""
-    if not run_dir or not Path(run_dir).is_dir():
+def _record_closed_run(run_dir: str | None, run: Run, tracking_uri: str) -> None:
+    """Write the closed run into its run directory's record, which the kill left without it (or never made)."""
+    if not run_dir:
         return
     record_path = Path(run_dir) / TRACKING_RECORD
     record = json.loads(record_path.read_text()) if record_path.is_file() else {"run_name": run.info.run_name}

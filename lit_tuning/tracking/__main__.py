@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 from lit_tuning.paths import RESULTS_ROOT, RUNS_ROOT
-from lit_tuning.tracking.settings import TRACKING_RECORD, TrackingSettings
-from lit_tuning.tracking.verify import check_run, find_runs, format_table
-from lit_tuning.tracking.verify_trackers import check_tracker_side
+from lit_tuning.tracking.settings import TrackingSettings
+from lit_tuning.tracking.verify import format_table
+from lit_tuning.tracking.verify_trackers import check_both_sides
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,16 +26,10 @@ def main(argv: list[str] | None = None) -> int:
     verify.add_argument("--mlflow-uri", default=None, help="MLflow store or server to search too")
     verify.add_argument("--mlflow-experiment", default=TrackingSettings.mlflow_experiment, help="MLflow experiment")
     args = parser.parse_args(argv)
-    runs = find_runs(args.runs_root, args.study)
-    records = {run: json.loads((run / TRACKING_RECORD).read_text()) for run in runs}
-    settings = TrackingSettings(root=str(args.tracking_root), mlflow_tracking_uri=args.mlflow_uri)
-    checks = [check_run(run, args.metric) for run in runs]
-    recorded_uris = [r["mlflow"]["tracking_uri"] for r in records.values() if r.get("mlflow")]
-    mlflow_uris = [settings.resolved_mlflow_uri(), *recorded_uris]
-    wandb_dirs = [settings.wandb_dir(), *(Path(r["wandb"]["dir"]) for r in records.values() if r.get("wandb"))]
-    checks += check_tracker_side(
-        records, mlflow_uris=mlflow_uris, experiment=args.mlflow_experiment, wandb_dirs=wandb_dirs, study=args.study
+    settings = TrackingSettings(
+        root=str(args.tracking_root), mlflow_tracking_uri=args.mlflow_uri, mlflow_experiment=args.mlflow_experiment
     )
+    checks = check_both_sides(args.runs_root, settings, study=args.study, metric=args.metric)
     if not checks:
         print(f"no tracked runs under {args.runs_root}" + (f" for study {args.study!r}" if args.study else ""))
         return 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -17,6 +18,8 @@ from lit_tuning.files import file_lock
 from lit_tuning.paths import sqlite_file
 
 log = logging.getLogger("lit_tuning.tracking")
+# MLflow's own head revision (reads its migration scripts once); there is no public API for it.
+_head_revision = functools.cache(_get_latest_schema_revision)
 CREATING = ".creating-"  # <store>.creating-<pid>: a store being built; left behind only by a killed builder
 BROKEN = ".broken-"  # <store>.broken-<time>: a half-migrated store moved aside (kept, never deleted)
 
@@ -59,7 +62,7 @@ def _build(database: Path) -> None:
     try:
         store = SqlAlchemyStore(uri, Path(DEFAULT_LOCAL_FILE_AND_ARTIFACT_PATH).resolve().as_uri())
         store.engine.dispose()
-        SqlAlchemyStore._engine_map.pop(uri, None)  # the class caches one engine per URL; this one is done
+        SqlAlchemyStore._engine_map.pop(uri, None)  # MLflow caches one engine per URL (private map); this one is done
         with open(building, "rb+") as handle:
             os.fsync(handle.fileno())  # the rename must not land before the bytes do
         os.replace(building, database)
@@ -76,7 +79,7 @@ def _is_half_built(database: Path) -> bool:
             revision = None
             if "alembic_version" in tables:
                 revision = connection.execute(sqlalchemy.text("SELECT version_num FROM alembic_version")).scalar()
-            if revision == _get_latest_schema_revision():
+            if revision == _head_revision():
                 return False
             # An out-of-date store that holds runs was made by an older MLflow: MLflow's own upgrade message applies.
             return "runs" not in tables or not connection.execute(sqlalchemy.text("SELECT 1 FROM runs LIMIT 1")).first()

@@ -43,7 +43,7 @@ def find_runs(runs_root: Path, study: str | None = None) -> list[Path]:
 def check_run(run_dir: Path, metric: str | None = None) -> RunCheck:
     """Compare a run's metrics.csv with its MLflow run and its W&B run file (metric: default, the run's own)."""
     record = json.loads((run_dir / TRACKING_RECORD).read_text())
-    metric = metric or record["metric"]
+    metric = metric or record.get("metric", "")  # a record the sweep wrote for a killed run has none
     check = RunCheck(run_dir=run_dir, name=record.get("run_name", run_dir.name))
     csv_path = run_dir / "metrics.csv"
     if csv_path.is_file():

@@ -10,12 +10,33 @@ from mlflow.entities import Run
 
 from lit_tuning.paths import sqlite_file
 from lit_tuning.tracking.mlflow_study import STUDY_PARENT_TAG, study_trial_runs
-from lit_tuning.tracking.settings import TRACKING_RECORD
+from lit_tuning.tracking.settings import TRACKING_RECORD, TrackingSettings
 from lit_tuning.tracking.store import open_client
-from lit_tuning.tracking.verify import RunCheck
+from lit_tuning.tracking.verify import RunCheck, check_run, find_runs
 from lit_tuning.tracking.wandb_reader import read_wandb_run, wandb_run_files
 
 RUN_DIR_TAG = "lit_tuning.run_dir"
+
+
+def check_both_sides(
+    runs_root: Path, settings: TrackingSettings, *, study: str | None, metric: str | None
+) -> list[RunCheck]:
+    """Check every run directory under runs_root, then every tracker run that none of them names.
+
+    The trackers searched: the stores of settings (its root's mlflow.db and wandb/, or its MLflow URL) and
+    every store a run directory names.
+    """
+    runs = find_runs(runs_root, study)
+    records = {run: json.loads((run / TRACKING_RECORD).read_text()) for run in runs}
+    recorded_uris = [r["mlflow"]["tracking_uri"] for r in records.values() if r.get("mlflow")]
+    recorded_dirs = [Path(r["wandb"]["dir"]) for r in records.values() if r.get("wandb")]
+    return [check_run(run, metric) for run in runs] + check_tracker_side(
+        records,
+        mlflow_uris=[settings.resolved_mlflow_uri(), *recorded_uris] if settings.mlflow else recorded_uris,
+        experiment=settings.mlflow_experiment,
+        wandb_dirs=[settings.wandb_dir(), *recorded_dirs],
+        study=study,
+    )
 
 
 def check_tracker_side(
@@ -35,8 +56,8 @@ def check_tracker_side(
     checks = []
     for uri in sorted(set(mlflow_uris)):
         for run in _mlflow_runs(uri, experiment, study):
-            if run.info.run_id not in known_mlflow:
-                checks.append(_check_unknown_mlflow_run(run))
+            if run.info.run_id not in known_mlflow and (check := _check_unknown_mlflow_run(run)) is not None:
+                checks.append(check)
     for wandb_dir in sorted(set(wandb_dirs)):
         for run_id, files in wandb_run_files(wandb_dir).items():
             if run_id not in known_wandb:
@@ -60,8 +81,8 @@ def _mlflow_runs(uri: str, experiment: str, study: str | None) -> list[Run]:
     return [run for run in runs if STUDY_PARENT_TAG not in run.data.tags and RUN_DIR_TAG in run.data.tags]
 
 
-def _check_unknown_mlflow_run(run: Run) -> RunCheck:
-    """A run no run directory names: say whether it is open, and what its directory says instead."""
+def _check_unknown_mlflow_run(run: Run) -> RunCheck | None:
+    """A run no checked run directory names: whether it is open, and what its directory says (None: all well)."""
     run_dir = Path(run.data.tags.get(RUN_DIR_TAG, ""))
     check = RunCheck(run_dir=run_dir, name=run.info.run_name or run.info.run_id, mlflow_status=run.info.status)
     if run.info.status == "RUNNING":
@@ -73,8 +94,9 @@ def _check_unknown_mlflow_run(run: Run) -> RunCheck:
         check.problems.append(f"MLflow run {run.info.run_id}: {run_dir} has no {TRACKING_RECORD}")
     else:
         named = (json.loads(record_path.read_text()).get("mlflow") or {}).get("run_id")
-        check.problems.append(f"MLflow run {run.info.run_id}: {record_path} names run {named} instead")
-    return check
+        if named != run.info.run_id:
+            check.problems.append(f"MLflow run {run.info.run_id}: {record_path} names run {named} instead")
+    return check if check.problems else None  # a closed run whose directory lies outside --runs-root
 
 
 def _check_unknown_wandb_run(run_id: str, files: list[Path], study: str | None) -> RunCheck | None:
