@@ -28,7 +28,7 @@ import torch
 import yaml
 
 from lit_tuning.paths import BASE_CONFIG, BENCH_ROOT, SPACES_DIR
-from lit_tuning.train.shaped_models import SHAPES, ensure_shaped_model, shaped_config
+from lit_tuning.train.shaped_models import SHAPES, SMOKE_SHRINK, ensure_shaped_model, shaped_config
 
 # Dense bf16 peak TFLOP/s by device name fragment (vendor datasheets); --peak-tflops overrides.
 PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0, "A10": 125.0, "4090": 165.0}
@@ -162,7 +162,7 @@ def packings(gpus: int, quick: bool) -> list[tuple[str, list[str]]]:
 
 def measure_model(shape: str, *, root: Path, peak: float | None, quick: bool, cpu_smoke: bool) -> list[dict]:
     """Build one shaped model and run its check study once per packing; return one row per packing."""
-    shrink = {"num_hidden_layers": 2, "hidden_size": 64, "intermediate_size": 128} if cpu_smoke else {}
+    shrink = SMOKE_SHRINK if cpu_smoke else {}
     model_dir = ensure_shaped_model(shape, **shrink)
     config = shaped_config(shape, 0, **shrink)
     if cpu_smoke:  # the same path on CPU: the test suite's check of everything but CUDA
