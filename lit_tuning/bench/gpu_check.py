@@ -64,7 +64,10 @@ def check_space(folder: Path, model_dir: Path, shape: str, trials: int, override
                 **overrides,
             },
         },
-        "parameters": {"model.learning_rate": {"low": 1e-4, "high": 1e-3, "log": True}, "model.lora_r": [8, 16]},
+        "parameters": {
+            "model.learning_rate": {"low": 1e-4, "high": 1e-3, "log": True},
+            "model.lora_r": {"candidates": [8, 16]},
+        },
     }
     path = folder / f"{shape}.yaml"
     path.write_text(yaml.safe_dump(document, sort_keys=False))
