@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+import torch
 
 from lit_tuning.train import warm
 from lit_tuning.train.cli import cli_main
@@ -23,9 +24,13 @@ def fit(root: Path, name: str) -> tuple[dict[str, float], set[str]]:
 
 @pytest.fixture
 def warm_process():
+    """Keep base models warm in this process, on one thread: CPU float sums depend on the thread count."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     warm.enable()
     yield
     warm.enable(False)
+    torch.set_num_threads(threads)
 
 
 def test_two_warm_trials_match_cold_fits_and_load_the_base_once(micro_model_dir: Path, tmp_path: Path, warm_process):

@@ -28,7 +28,7 @@ import torch
 import yaml
 
 from lit_tuning.paths import BASE_CONFIG, BENCH_ROOT, SPACES_DIR
-from lit_tuning.train.shaped_models import SHAPES, ensure_shaped_model, shaped_config
+from lit_tuning.train.shaped_models import SHAPES, SMOKE_SHRINK, ensure_shaped_model, shaped_config
 
 # Dense bf16 peak TFLOP/s by device name fragment (vendor datasheets); --peak-tflops overrides.
 PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0, "A10": 125.0, "4090": 165.0}
@@ -64,7 +64,10 @@ def check_space(folder: Path, model_dir: Path, shape: str, trials: int, override
                 **overrides,
             },
         },
-        "parameters": {"model.learning_rate": {"low": 1e-4, "high": 1e-3, "log": True}, "model.lora_r": [8, 16]},
+        "parameters": {
+            "model.learning_rate": {"low": 1e-4, "high": 1e-3, "log": True},
+            "model.lora_r": {"candidates": [8, 16]},
+        },
     }
     path = folder / f"{shape}.yaml"
     path.write_text(yaml.safe_dump(document, sort_keys=False))
@@ -72,20 +75,24 @@ def check_space(folder: Path, model_dir: Path, shape: str, trials: int, override
 
 
 class MemoryPoller:
-    """Polls device-wide used memory of the visible GPUs (all worker processes together) and keeps the peak."""
+    """Polls device-wide used memory of every GPU (all worker processes together) with nvidia-smi; keeps the peak.
+
+    nvidia-smi rather than torch: a CUDA context in this process would itself take memory on every GPU.
+    """
 
     def __init__(self, interval_s: float = 0.5) -> None:
-        self.peak_mib = 0.0
+        self.peak_mib = float("nan")
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, args=(interval_s,), daemon=True)
 
     def _poll(self, interval_s: float) -> None:
+        query = ["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"]
         while not self._stop.wait(interval_s):
-            used = 0.0
-            for index in range(torch.cuda.device_count()):
-                free, total = torch.cuda.mem_get_info(index)
-                used = max(used, (total - free) / 2**20)
-            self.peak_mib = max(self.peak_mib, used)
+            try:
+                used = max(float(line) for line in subprocess.run(query, capture_output=True, text=True).stdout.split())
+            except (OSError, ValueError):
+                continue  # no nvidia-smi: the peak stays unknown (nan) rather than wrong
+            self.peak_mib = used if self.peak_mib != self.peak_mib else max(self.peak_mib, used)
 
     def __enter__(self) -> MemoryPoller:
         self._thread.start()
@@ -127,19 +134,22 @@ def run_study(space: Path, root: Path, *, sweep_args: list[str], fit_args: list[
     }
 
 
-def check_row(shape: str, label: str, stats: dict, *, config, peak_mib: float, peak_tflops: float | None) -> dict:
-    """Turn one study's totals into the printed row: tokens/s, MFU, peak memory, trials/hour."""
-    questions = stats["steps"] * BATCH
-    seq_len = stats["tokens"] / max(1, questions)
-    flops = stats["tokens"] * flops_per_token(config, seq_len) + questions * 4 * config.vocab_size * config.hidden_size
+def check_row(
+    shape: str, label: str, stats: dict, *, config, peak_mib: float, peak_tflops: float | None, gpus: int = 1
+) -> dict:
+    """Turn one study's totals into the printed row: tokens/s, MFU (over `gpus` GPUs), peak memory, trials/hour."""
+    # A trial records rank 0's tokens; in a DDP trial each of the `gpus` ranks trains its own batch of as many.
+    tokens, questions = stats["tokens"] * gpus, stats["steps"] * BATCH * gpus
+    seq_len = tokens / max(1, questions)
+    flops = tokens * flops_per_token(config, seq_len) + questions * 4 * config.vocab_size * config.hidden_size
     achieved = flops / stats["wall_s"] / 1e12
     return {
         "model": shape,
         "packing": label,
         "trials": stats["trials"],
-        "tokens_per_s": stats["tokens"] / stats["wall_s"],
+        "tokens_per_s": tokens / stats["wall_s"],
         "achieved_tflops": achieved,
-        "mfu": achieved / peak_tflops if peak_tflops else float("nan"),
+        "mfu": achieved / (peak_tflops * gpus) if peak_tflops else float("nan"),
         "peak_memory_mib": peak_mib,
         "trials_per_hour": 3600 * stats["trials"] / stats["wall_s"],
     }
@@ -153,6 +163,31 @@ def packings(gpus: int, quick: bool) -> list[tuple[str, list[str]]]:
     return rows
 
 
+def measure_model(shape: str, *, root: Path, peak: float | None, quick: bool, cpu_smoke: bool) -> list[dict]:
+    """Build one shaped model and run its check study once per packing; return one row per packing."""
+    shrink = SMOKE_SHRINK if cpu_smoke else {}
+    model_dir = ensure_shaped_model(shape, **shrink)
+    config = shaped_config(shape, 0, **shrink)
+    if cpu_smoke:  # the same path on CPU: the test suite's check of everything but CUDA
+        plans = [("1 worker (CPU smoke)", ["--devices=cpu", "--workers=1"])]
+        overrides = {"trainer.accelerator": "cpu", "trainer.max_steps": 4, "trainer.val_check_interval": 2}
+        fit_args = ["--trainer.precision=bf16-mixed", "--model.torch_dtype=float32"]
+    else:
+        plans, overrides, fit_args = packings(torch.cuda.device_count(), quick), {}, ["--trainer.precision=bf16-mixed"]
+    rows = []
+    for index, (label, sweep_args) in enumerate(plans):
+        per_gpu = next((int(a.split("=")[1]) for a in sweep_args if a.startswith("--workers-per-gpu=")), 1)
+        gpus = 2 if "--devices-per-trial=2" in sweep_args else 1
+        folder = root / f"{shape}-{index}"
+        folder.mkdir(parents=True)
+        space = check_space(folder, model_dir, shape, 2 * per_gpu, overrides)  # two trials per worker: warm ones
+        with MemoryPoller() as poller:
+            stats = run_study(space, folder, sweep_args=sweep_args, fit_args=fit_args)
+        memory = poller.peak_mib
+        rows.append(check_row(shape, label, stats, config=config, peak_mib=memory, peak_tflops=peak, gpus=gpus))
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the check on this machine's GPUs, or say there are none and exit 0."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -160,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--peak-tflops", type=float, help="the GPU's dense bf16 peak (default: from its name)")
     parser.add_argument("--out", type=Path, default=BENCH_ROOT)
     parser.add_argument("--quick", action="store_true", help="one packing, for a first look")
-    parser.add_argument("--cpu-smoke", action="store_true", help=argparse.SUPPRESS)  # the test's CPU run of the path
+    parser.add_argument("--cpu-smoke", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     message = no_gpu_message()
     if message and not args.cpu_smoke:
@@ -168,42 +203,19 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     name = "cpu" if args.cpu_smoke else torch.cuda.get_device_name(0)
     peak = args.peak_tflops or next((v for key, v in PEAK_TFLOPS.items() if key in name), None)
-    shrink = {"num_hidden_layers": 2, "hidden_size": 64, "intermediate_size": 128} if args.cpu_smoke else {}
-    rows = []
     root = Path(tempfile.mkdtemp(prefix="lit_tuning-gpu-check-"))
-    for shape in args.models:
-        model_dir = ensure_shaped_model(shape, **shrink)
-        config = shaped_config(shape, 0, **shrink)
-        plans = [("1 worker (CPU smoke)", ["--devices=cpu", "--workers=1"])] if args.cpu_smoke else None
-        for label, sweep_args in plans or packings(torch.cuda.device_count(), args.quick):
-            workers = int(sweep_args[-1].split("=")[1]) if "workers-per-gpu" in sweep_args[-1] else 1
-            folder = root / f"{shape}-{len(rows)}"
-            folder.mkdir()
-            overrides = {"trainer.accelerator": "cpu", "trainer.max_steps": 4, "trainer.val_check_interval": 2}
-            space = check_space(folder, model_dir, shape, 2 * workers, overrides if args.cpu_smoke else {})
-            fit_args = ["--trainer.precision=bf16-mixed", "--model.torch_dtype=float32" if args.cpu_smoke else ""]
-            with MemoryPoller() if not args.cpu_smoke else _NoPoller() as poller:
-                stats = run_study(space, folder, sweep_args=sweep_args, fit_args=[a for a in fit_args if a])
-            rows.append(check_row(shape, label, stats, config=config, peak_mib=poller.peak_mib, peak_tflops=peak))
+    rows = [
+        row
+        for shape in args.models
+        for row in measure_model(shape, root=root, peak=peak, quick=args.quick, cpu_smoke=args.cpu_smoke)
+    ]
     table = pd.DataFrame(rows)
     args.out.mkdir(parents=True, exist_ok=True)
     table.to_csv(args.out / "gpu_check.csv", index=False)
+    (args.out / "gpu_check.json").write_text(json.dumps({"device": name, "peak_tflops": peak}) + "\n")
     print(f"device: {name}; peak {peak or '?'} TFLOP/s bf16 dense; {STEPS} steps x batch {BATCH} per trial")
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
-    (args.out / "gpu_check.json").write_text(json.dumps({"device": name, "peak_tflops": peak}) + "\n")
     return 0
-
-
-class _NoPoller:
-    """Stands in for MemoryPoller where there is no GPU."""
-
-    peak_mib = float("nan")
-
-    def __enter__(self) -> _NoPoller:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 if __name__ == "__main__":

@@ -24,34 +24,39 @@ QUICK = {"model": "embedded:micro", "steps": 24, "repeats": 1, "trials": 3, "col
 
 def collect(settings: dict, quick: bool) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
     """Run the three comparisons; return the figures table and each comparison's own rows."""
-    rows, parts = [], {}
-    model, steps = settings["model"], settings["steps"]
-    threads = [1] if quick else [1, 2]
-    step_rows = step.compare(model=model, steps=steps, batch_size=64, threads=threads, repeats=settings["repeats"])
-    parts["step"] = pd.DataFrame(step_rows)
-    for row in step_rows:
-        rows.append(
-            {
-                "figure": f"fit / bare lean loop, {row['threads']} thread(s)",
-                "ratio": row["fit_over_bare"],
-                "detail": f"{row['fit_ms_per_step']:.1f} vs {row['bare_ms_per_step']:.1f} ms/step",
-                "conditions": f"{model}, batch 64, {steps} steps, median of {settings['repeats']}",
-            }
-        )
-    summary, warm_rows = warm.compare(
-        trials=settings["trials"], cold_trials=settings["cold_trials"], quick=quick, threads=1
-    )
-    parts["warm"] = pd.DataFrame(warm_rows)
+    parts: dict[str, pd.DataFrame] = {}
+    rows = step_figures(settings, quick, parts) + warm_figures(settings, quick, parts) + plan_figures(settings, parts)
+    return pd.DataFrame(rows), parts
+
+
+def step_figures(settings: dict, quick: bool, parts: dict[str, pd.DataFrame]) -> list[dict]:
+    """fit vs the bare lean loop at each thread count."""
+    model, steps, repeats = settings["model"], settings["steps"], settings["repeats"]
+    measured = step.compare(model=model, steps=steps, batch_size=64, threads=[1] if quick else [1, 2], repeats=repeats)
+    parts["step"] = pd.DataFrame(measured)
+    return [
+        {
+            "figure": f"fit / bare lean loop, {row['threads']} thread(s)",
+            "ratio": row["fit_over_bare"],
+            "detail": f"{row['fit_ms_per_step']:.1f} vs {row['bare_ms_per_step']:.1f} ms/step",
+            "conditions": f"{model}, batch 64, {steps} steps, median of {repeats}",
+        }
+        for row in measured
+    ]
+
+
+def warm_figures(settings: dict, quick: bool, parts: dict[str, pd.DataFrame]) -> list[dict]:
+    """Per-trial fixed cost cold vs warm, and the warm worker's memory over its trials."""
+    summary, rows = warm.compare(trials=settings["trials"], cold_trials=settings["cold_trials"], quick=quick, threads=1)
+    parts["warm"] = pd.DataFrame(rows)
     shape = warm.SHAPE + (" (shrunk)" if quick else "")
-    rows.append(
+    return [
         {
             "figure": "per-trial fixed cost, cold / warm",
             "ratio": summary["cold_over_warm"],
             "detail": f"{summary['cold_trial_s']:.2f} vs {summary['warm_trial_s']:.2f} s per one-step trial",
             "conditions": f"{shape}-shaped, fp32 CPU, 1 thread, every tracker on",
-        }
-    )
-    rows.append(
+        },
         {
             "figure": f"warm worker RSS, last / first of {summary['warm_trials']} trials",
             "ratio": summary["warm_rss_last_mib"] / summary["warm_rss_first_mib"],
@@ -59,24 +64,27 @@ def collect(settings: dict, quick: bool) -> tuple[pd.DataFrame, dict[str, pd.Dat
             f"{summary['rss_growth_mib_per_trial_second_half']:.1f} MiB/trial over the second half; "
             f"peak {summary['warm_peak_rss_mib']:.0f} MiB",
             "conditions": f"{shape}-shaped, one worker process",
-        }
-    )
+        },
+    ]
+
+
+def plan_figures(settings: dict, parts: dict[str, pd.DataFrame]) -> list[dict]:
+    """One many-thread worker vs one single-thread worker per core, through the real driver, in trials/hour."""
     root = Path(tempfile.mkdtemp(prefix="lit_tuning-bench-plan-"))
     counts = sorted({1, sweep.cores()})
-    plans = pd.DataFrame(
-        [sweep.run_study(n, trials=settings["sweep_trials"], steps=steps, root=root, model=model) for n in counts]
-    )
+    model, steps = settings["model"], settings["steps"]
+    trials = max(settings["sweep_trials"], 2 * counts[-1])  # every worker of the widest plan gets two trials
+    plans = pd.DataFrame([sweep.run_study(n, trials=trials, steps=steps, root=root, model=model) for n in counts])
     parts["cpu_plan"] = plans
     fewest, most = plans.iloc[0], plans.iloc[-1]
-    rows.append(
+    return [
         {
             "figure": f"{most.workers} x {most.threads}-thread workers / {fewest.workers} x {fewest.threads}-thread",
             "ratio": most.trials_per_hour / fewest.trials_per_hour,
             "detail": f"{most.trials_per_hour:.0f} vs {fewest.trials_per_hour:.0f} trials/hour",
-            "conditions": f"{model}, {settings['sweep_trials']} trials of {steps} steps, real sweep driver",
+            "conditions": f"{model}, {trials} trials of {steps} steps, real sweep driver",
         }
-    )
-    return pd.DataFrame(rows), parts
+    ]
 
 
 def draw(table: pd.DataFrame, path: Path) -> None:

@@ -22,7 +22,6 @@ from pathlib import Path
 from lit_tuning.paths import BASE_CONFIG
 
 SHAPE = "smollm2-135m"
-QUICK_SHRINK = {"num_hidden_layers": 2, "hidden_size": 64, "intermediate_size": 128}
 
 
 def rss_mib() -> float:
@@ -87,9 +86,9 @@ def summarize(cold: list[dict], warm_rows: list[dict]) -> dict:
 
 def compare(*, trials: int, cold_trials: int, quick: bool, threads: int) -> tuple[dict, list[dict]]:
     """Build the shaped model, run the cold and warm workers; return the summary and the per-trial rows."""
-    from lit_tuning.train.shaped_models import ensure_shaped_model
+    from lit_tuning.train.shaped_models import SMOKE_SHRINK, ensure_shaped_model
 
-    model_dir = str(ensure_shaped_model(SHAPE, **(QUICK_SHRINK if quick else {})))
+    model_dir = str(ensure_shaped_model(SHAPE, **(SMOKE_SHRINK if quick else {})))
     cold = measure(model_dir, cold_trials, warm_on=False, threads=threads)
     warm_rows = measure(model_dir, trials, warm_on=True, threads=threads)
     rows = [{"mode": "cold", **row} for row in cold] + [{"mode": "warm", **row} for row in warm_rows]

@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 import optuna
+from lightning.pytorch.utilities import rank_zero_only
 
 from lit_tuning.experiment.search_space import load_search_space
 from lit_tuning.experiment.strategies import make_pruner
@@ -55,7 +56,7 @@ def die_with_parent() -> None:
 def serve_rank(options: argparse.Namespace) -> int:
     """Run this rank of the trial's `fit`; rank 0 reports to Optuna and writes the outcome for the worker."""
     die_with_parent()
-    rank_zero = "LOCAL_RANK" not in os.environ  # Lightning sets it for the ranks it starts, and for rank 0 later
+    rank_zero = rank_zero_only.rank == 0  # from the environment Lightning gives the ranks it starts
     space = load_search_space(options.search_space)
     trial = None
     if rank_zero:

@@ -13,6 +13,7 @@ import yaml
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.utilities import rank_zero_only
 
 from lit_tuning.paths import RUNS_ROOT, SAFE_NAME
 from lit_tuning.tracking import TrackingCallback, TrackingSettings, build_trackers, close_open_trackers
@@ -96,7 +97,11 @@ class LitTuningCLI(LightningCLI):
         trainer_config = self._get(self.config_init, "trainer", default={})
         kwargs.setdefault("default_root_dir", str(self.run_dir))
         settings: TrackingSettings = self._get(self.config_init, "tracking")
-        if trainer_config.get("logger") in (None, True):
+        if trainer_config.get("logger") in (None, True) and rank_zero_only.rank != 0:
+            # A DDP rank > 0 (started by Lightning with its rank in the environment) logs nothing: opening tracker
+            # runs here would leave orphan RUNNING runs and overwrite rank 0's tracking.json.
+            kwargs.setdefault("logger", [CSVLogger(save_dir=str(self.run_dir), name="", version="")])
+        elif trainer_config.get("logger") in (None, True):
             resolved = yaml.safe_load(self._parser(self.subcommand).dump(self.config[self.subcommand], skip_none=False))
             resolved.pop("config", None)
             trackers = build_trackers(

@@ -42,6 +42,11 @@ SHAPES: dict[str, tuple[type[PretrainedConfig], type[torch.nn.Module], dict]] = 
     ),
 }  # fmt: skip
 TOKENIZER_WORDS, TOKENIZER_VOCAB = 5000, 4096  # the task's words (data.num_words of the model configs) as tokens
+# A few-layer, narrow version of any shape (same architecture and vocabulary): the smoke runs of the benchmarks.
+SMOKE_SHRINK = {
+    "num_hidden_layers": 2, "hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+}  # fmt: skip
 MARKER = "shaped.json"  # written last: its presence marks a complete build
 
 
