@@ -193,7 +193,7 @@ def test_effective_learning_rate_explains_a_table_built_on_it():
 
 
 def test_narrowing_check_replays_studies_and_reads_the_proposed_space():
-    kept = claims.narrowing_keeps_best(synthetic(), studies=2, trials=6).set_index("index").share_keeping_best
+    kept = claims.narrowing_keeps_best(synthetic(), studies=1, trials=6).set_index("index").share_keeping_best
     assert set(kept.index) == {*AXES, "all", "importance_failed"}
     assert ((kept >= 0) & (kept <= 1)).all() and kept["all"] <= kept[list(AXES)].min()
 
@@ -207,3 +207,10 @@ def test_recording_a_bad_stage_says_why_in_one_line_and_writes_no_table(tmp_path
     assert code == 2
     assert "model.lora_r" in capsys.readouterr().err
     assert not out.exists() and not (tmp_path / "runs").exists()
+
+
+def test_the_benchmark_compares_every_sampler_with_every_pruner():
+    chosen = {(s.sampler, s.pruner, s.brief_steps is not None) for s in search.strategies()}
+    for sampler in ("grid", "random", "tpe", "gp", "qmc", "cmaes"):
+        assert {(sampler, pruner, False) for pruner in ("none", "median", "sha", "hyperband")} <= chosen
+    assert ("oat", "none", False) in chosen and ("grid", "none", True) in chosen
