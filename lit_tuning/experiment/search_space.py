@@ -18,7 +18,7 @@ from lit_tuning.experiment.config import (
     ConfigError,
     Experiment,
     ResolvedConfig,
-    check_model,
+    check_config,
     compose,
     format_value,
     parse_args,
@@ -40,6 +40,9 @@ PRUNERS: dict[str, type[optuna.pruners.BasePruner]] = {
 TOP_LEVEL_KEYS = ("name", "description", "objective", "strategy", "n_trials", "seed", "pruner", "base", "parameters")
 PARAMETER_FIELDS = ("candidates", "low", "high", "log", "step", "type")
 PRIMITIVES = (type(None), bool, int, float, str)  # what Optuna's categorical distributions store
+# A grid/oat design is listed in memory and queued in the storage before the first trial: a 40^8 grid reached
+# 22 GB. Past this many points (each a whole training run), a sampling strategy is the tool.
+MAX_DESIGN_SIZE = 100_000
 
 
 class SearchSpaceError(ValueError):
@@ -56,6 +59,10 @@ class Candidates:
         """Return the values a grid visits."""
         return list(self.values)
 
+    def count(self) -> int:
+        """Return how many values a grid visits."""
+        return len(self.values)
+
     def __str__(self) -> str:
         """Describe the parameter for error messages."""
         return f"one of {list(self.values)}"
@@ -71,11 +78,14 @@ class Range:
     log: bool = False
     step: int | float | None = None
 
+    def count(self) -> int:
+        """Return how many points a stepped range has, without listing them."""
+        assert self.step is not None, "only stepped ranges enumerate"
+        return round((self.high - self.low) / self.step) + 1
+
     def points(self) -> list[int | float]:
         """Return low, low+step, ..., high (only for a stepped range)."""
-        assert self.step is not None, "only stepped ranges enumerate"
-        count = round((self.high - self.low) / self.step) + 1
-        values = [self.low + index * self.step for index in range(count)]
+        values = [self.low + index * self.step for index in range(self.count())]
         return values if self.kind == "int" else [round(value, 12) for value in values]
 
     def __str__(self) -> str:
@@ -282,7 +292,7 @@ def _load_range(path: str, key: str, spec: dict[str, Any], base: ResolvedConfig)
 def check_value(base: ResolvedConfig, key: str, value: Any, *, where: str) -> Any:
     """Return the value as `fit` resolves it over the base experiment, or raise SearchSpaceError saying why not."""
     try:
-        return plain(check_model(parse_args([f"--{key}={format_value(value)}"], base.namespace))[key])
+        return plain(check_config(parse_args([f"--{key}={format_value(value)}"], base.namespace))[key])
     except ConfigError as error:
         reason = "; ".join(line.strip() for line in str(error).splitlines()[1:] if "is set " not in line)
         raise SearchSpaceError(f"{where} = {value!r} is refused by `fit`; allowed: {reason}") from None
@@ -294,7 +304,8 @@ def _load_objective(path: str, spec: Any) -> tuple[str, Literal["maximize", "min
     if not isinstance(spec, dict):
         raise SearchSpaceError(f"{path}: objective = {spec!r}; allowed: a mapping with metric and direction")
     _check_fields(path, "objective.", spec, ("metric", "direction"))
-    allowed = ", ".join(metric.name for metric in objective_metrics())
+    objectives = {metric.name: metric for metric in objective_metrics()}
+    allowed = ", ".join(objectives)
     name = spec.get("metric", "val/letter_position_accuracy")
     try:
         metric = get_metric(str(name))
@@ -302,6 +313,11 @@ def _load_objective(path: str, spec: Any) -> tuple[str, Literal["maximize", "min
         raise SearchSpaceError(f"{path}: objective.metric = {name!r} is not a registered metric; allowed: {allowed}")
     if metric.direction is None:
         raise SearchSpaceError(f"{path}: objective.metric = {name!r} is descriptive only; allowed: {allowed}")
+    if metric.name not in objectives:
+        raise SearchSpaceError(
+            f"{path}: objective.metric = {name!r} is never reported during fit (test/* only by `test`, "
+            f"model/* straight to the loggers), so every trial would end without a value; allowed: {allowed}"
+        )
     direction = spec.get("direction", metric.direction)
     if direction != metric.direction:
         raise SearchSpaceError(
@@ -353,7 +369,7 @@ def _check_strategy_fits(space: SearchSpace) -> None:
 
 def _load_budget(space: SearchSpace, n_trials: Any) -> int:
     if space.strategy in ENUMERATED:
-        count = trial_count(space)
+        count = check_design_size(space)
         if n_trials is not None and n_trials != count:
             raise SearchSpaceError(
                 f"{space.path}: n_trials = {n_trials!r} under strategy {space.strategy}, which runs every point; "
@@ -375,12 +391,43 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def design_size(space: SearchSpace) -> int | None:
+    """Return the number of points of a grid (full factorial) or oat design, computed without enumerating; else None."""
+    if space.strategy == "grid":
+        return math.prod(parameter.count() for parameter in space.parameters.values())
+    if space.strategy == "oat":  # the centre, then each other value of one parameter at a time
+        centre = space.base_values
+        return 1 + sum(
+            parameter.count() - int(_on_axis(parameter, centre[key])) for key, parameter in space.parameters.items()
+        )
+    return None
+
+
+def _on_axis(parameter: Parameter, value: Any) -> bool:
+    if isinstance(parameter, Range):
+        return _is_number(value) and parameter.contains(value)
+    return any(same_value(value, candidate) for candidate in parameter.values)
+
+
+def check_design_size(space: SearchSpace) -> int | None:
+    """Return the design size, refusing a design too large to enumerate (each point is a whole training run)."""
+    size = design_size(space)
+    if size is not None and size > MAX_DESIGN_SIZE:
+        axes = " x ".join(str(parameter.count()) for parameter in space.parameters.values())
+        raise SearchSpaceError(
+            f"{space.path}: strategy {space.strategy} has {size:,} points ({axes}); allowed: at most "
+            f"{MAX_DESIGN_SIZE:,} (fewer candidates, a coarser step, or a sampling strategy such as tpe)"
+        )
+    return size
+
+
 def enumerate_trials(space: SearchSpace) -> list[dict[str, Any]]:
     """Return every trial of a grid (full factorial) or oat (one-at-a-time around the base values) design, in order."""
     if space.strategy not in ENUMERATED:
         raise SearchSpaceError(
             f"{space.path}: strategy = {space.strategy!r} draws its trials; allowed for enumeration: grid, oat"
         )
+    check_design_size(space)
     axes = {key: parameter.points() for key, parameter in space.parameters.items()}
     if space.strategy == "grid":
         return [dict(zip(axes, values)) for values in itertools.product(*axes.values())]
@@ -394,10 +441,9 @@ def enumerate_trials(space: SearchSpace) -> list[dict[str, Any]]:
 
 def trial_count(space: SearchSpace) -> int:
     """Return how many trials a study runs: the exact design size for grid/oat, the budget for samplers."""
-    if space.strategy == "grid":
-        return math.prod(len(parameter.points()) for parameter in space.parameters.values())
-    if space.strategy == "oat":
-        return len(enumerate_trials(space))
+    size = design_size(space)
+    if size is not None:
+        return size
     assert space.n_trials is not None
     return space.n_trials
 
