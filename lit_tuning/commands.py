@@ -6,7 +6,7 @@ import math
 import sys
 from argparse import ArgumentError
 from collections.abc import Sequence
-from typing import Any, NoReturn
+from typing import Any, Literal, NoReturn, get_args, get_origin
 
 from jsonargparse import ArgumentParser, Namespace
 from jsonargparse.typing import restricted_number_type
@@ -45,6 +45,24 @@ def parse(parser: ArgumentParser, argv: Sequence[str]) -> Namespace:
         return parser.parse_args(list(argv))
     except ArgumentError as error:
         raise CommandLineError(describe(parser, argv, error)) from None
+
+
+def split_known(parser: ArgumentParser, argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Split argv into the parser's own options (with their values) and the rest, which a command passes on."""
+    arities = {flag: action.nargs for action in parser._actions for flag in action.option_strings}
+    own: list[str] = []
+    rest: list[str] = []
+    args = list(argv)
+    while args:
+        arg = args.pop(0)
+        flag = arg.partition("=")[0]
+        if flag not in arities:
+            rest.append(arg)
+            continue
+        own.append(arg)
+        if "=" not in arg and arities[flag] != 0 and args:  # store_true flags (nargs 0) take no value
+            own.append(args.pop(0))
+    return own, rest
 
 
 def parse_or_exit(parser: ArgumentParser, argv: Sequence[str]) -> Namespace:
@@ -96,6 +114,8 @@ def _allowed(action: Any) -> str:
     for number_type, words in ALLOWED.items():
         if kind is number_type or number_type in getattr(kind, "__args__", ()):
             return words + (" (or omit it)" if type(None) in getattr(kind, "__args__", ()) else "")
+    if get_origin(kind) is Literal:
+        return ", ".join(map(str, get_args(kind)))
     if getattr(action, "choices", None):
         return ", ".join(map(str, action.choices))
     return getattr(kind, "__name__", None) or str(kind)

@@ -12,6 +12,7 @@ import yaml
 from jsonargparse import Namespace
 
 from lit_tuning.files import atomic_write
+from lit_tuning.mappings import flatten, plain
 from lit_tuning.paths import BASE_CONFIG, UnsafeNameError
 from lit_tuning.paths import safe_name as _safe_name
 from lit_tuning.train.base_model import check_model_reference
@@ -91,20 +92,6 @@ def format_value(value: Any) -> str:
     return text.removesuffix("\n...").removesuffix("...").strip()
 
 
-def plain(value: Any) -> Any:
-    """Turn parser-typed values (jsonargparse's PositiveInt is an int subclass) into plain Python data."""
-    if isinstance(value, bool) or value is None:
-        return value
-    for base_type in (int, float, str):
-        if isinstance(value, base_type):
-            return base_type(value)
-    if isinstance(value, list | tuple):
-        return [plain(item) for item in value]
-    if isinstance(value, dict):
-        return {key: plain(item) for key, item in value.items()}
-    return value
-
-
 def override_arg(key: str, value: Any) -> str:
     """Return the `fit` argument that sets a dotted key, e.g. `--model.lora_r=8`."""
     return f"--{key}={format_value(value)}"
@@ -150,7 +137,7 @@ def check_config(namespace: Namespace) -> Namespace:
 
 def value_sources(experiment: Experiment, namespace: Namespace) -> dict[str, str]:
     """Map each resolved dotted key to what set it: the last file setting it, an override, a link, or the default."""
-    file_keys = [(str(path), set(_flatten(yaml.safe_load(Path(path).read_text()) or {}))) for path in experiment.files]
+    file_keys = [(str(path), set(flatten(yaml.safe_load(Path(path).read_text())))) for path in experiment.files]
     sources = {}
     for key, _ in namespace.items(branches=False):
         if key == "config":
@@ -199,16 +186,6 @@ def safe_name(name: str) -> str:
         return _safe_name(name)
     except UnsafeNameError as error:
         raise ConfigError(f"experiment {error}") from None
-
-
-def _flatten(document: Any, prefix: str = "") -> dict[str, Any]:
-    """Flatten nested mappings to dotted keys; lists and scalars are leaves."""
-    if not isinstance(document, dict):
-        return {prefix: document} if prefix else {}
-    flat: dict[str, Any] = {}
-    for key, value in document.items():
-        flat.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
-    return flat
 
 
 def _dedent_message(message: str) -> str:

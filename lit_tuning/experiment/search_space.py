@@ -22,9 +22,9 @@ from lit_tuning.experiment.config import (
     compose,
     format_value,
     parse_args,
-    plain,
     read_yaml,
 )
+from lit_tuning.mappings import plain
 from lit_tuning.paths import BASE_CONFIG
 from lit_tuning.train.metrics import get_metric, objective_metrics
 
