@@ -115,12 +115,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-def check_fit_args(space: SearchSpace, plan: WorkerPlan, fit_args: list[str]) -> None:
-    """Parse and check the trials' extra `fit` arguments once, over the space's base, before any trial starts."""
+def check_fit_args(space: SearchSpace, plan: WorkerPlan, fit_args: list[str], given: list[str]) -> None:
+    """Parse and check the trials' `fit` arguments once, over the space's base, before any trial starts.
+
+    `given` are the user's own arguments after --, the ones the error message names.
+    """
     try:
         check_config(parse_args([*plan.fit_args, *fit_args], space.resolved_base.namespace))
     except ConfigError as error:
-        raise ConfigError(f"`fit` arguments after -- {fit_args}: {error}".replace("\n", " ")) from None
+        reason = " ".join(str(error).split())  # the parser's message spans lines; one line here
+        raise ConfigError(f"`fit` arguments after -- {' '.join(given)}: {reason}") from None
 
 
 def resolve_budget(options: Namespace, space: SearchSpace) -> int:
@@ -151,7 +155,7 @@ def run_sweep(options: Namespace) -> int:
     fit_args = [f"--tracking.root={options.results_root}", *options.fit_args]  # the user's own args win
     if options.mlflow_uri:
         fit_args.append(f"--tracking.mlflow_tracking_uri={options.mlflow_uri}")
-    check_fit_args(space, plans[0], fit_args)
+    check_fit_args(space, plans[0], fit_args, options.fit_args)
     storage = open_storage(options.storage, options.heartbeat)
     study = open_study(space, name, storage, budget)
     deadline = time.time() + options.timeout if options.timeout else None
