@@ -203,7 +203,7 @@ def read_yaml(path: str | Path) -> Any:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:
         reason = getattr(error, "strerror", None) or str(error)
-        raise ConfigError(f"{path}: cannot read it ({reason}); allowed: a readable UTF-8 YAML file") from None
+        raise ConfigError(f"{path}: cannot read it ({reason}); allowed: a readable YAML file") from None
     try:
         return load_yaml(text)
     except DuplicateKeyError as error:

@@ -24,6 +24,7 @@ from lit_tuning.experiment.config import (
     parse_args,
     read_yaml,
 )
+from lit_tuning.experiment.parameters import Candidates, Parameter, Range, is_int, is_number, same_value
 from lit_tuning.mappings import plain
 from lit_tuning.paths import BASE_CONFIG
 from lit_tuning.train.metrics import get_metric, objective_metrics
@@ -47,63 +48,6 @@ MAX_DESIGN_SIZE = 100_000
 
 class SearchSpaceError(ValueError):
     """A search space that must not run: the message names the file, the key, the bad value and what is allowed."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Candidates:
-    """Discrete values of one parameter (the seed's HPARAM_CANDIDATES), normalized by the fit parser."""
-
-    values: tuple[Any, ...]
-
-    def points(self) -> list[Any]:
-        """Return the values a grid visits."""
-        return list(self.values)
-
-    def count(self) -> int:
-        """Return how many values a grid visits."""
-        return len(self.values)
-
-    def __str__(self) -> str:
-        """Describe the parameter for error messages."""
-        return f"one of {list(self.values)}"
-
-
-@dataclasses.dataclass(frozen=True)
-class Range:
-    """A numeric interval (the seed's HPARAM_RANGE): low..high inclusive, optionally log-scaled or stepped."""
-
-    low: int | float
-    high: int | float
-    kind: Literal["int", "float"]
-    log: bool = False
-    step: int | float | None = None
-
-    def count(self) -> int:
-        """Return how many points a stepped range has, without listing them."""
-        assert self.step is not None, "only stepped ranges enumerate"
-        return round((self.high - self.low) / self.step) + 1
-
-    def points(self) -> list[int | float]:
-        """Return low, low+step, ..., high (only for a stepped range)."""
-        values = [self.low + index * self.step for index in range(self.count())]
-        return values if self.kind == "int" else [round(value, 12) for value in values]
-
-    def __str__(self) -> str:
-        """Describe the parameter for error messages."""
-        scale = ", log scale" if self.log else f", step {self.step}" if self.step is not None else ""
-        return f"{self.kind} in [{self.low}, {self.high}]{scale}"
-
-    def contains(self, value: int | float) -> bool:
-        """Whether a value lies in the range and on its step grid."""
-        if not self.low <= value <= self.high:
-            return False
-        if self.step is None:
-            return True
-        ratio = (value - self.low) / self.step
-        return math.isclose(ratio, round(ratio), abs_tol=1e-9)
-
-
-Parameter = Candidates | Range
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,7 +94,7 @@ def load_search_space(path: str | Path) -> SearchSpace:
         raise SearchSpaceError(f"{path}: strategy = {strategy!r} is unknown; allowed: {', '.join(STRATEGIES)}")
     pruner, pruner_options = _load_pruner(path, document.get("pruner", "none"))
     seed = document.get("seed", 0)
-    if not _is_int(seed):
+    if not is_int(seed):
         raise SearchSpaceError(f"{path}: seed = {seed!r}; allowed: an integer")
     name = document.get("name", Path(path).stem)
     space = SearchSpace(
@@ -251,21 +195,21 @@ def _load_range(path: str, key: str, spec: dict[str, Any], base: ResolvedConfig)
     where = f"parameters.{key}"
     for bound in ("low", "high"):
         value = spec.get(bound)
-        if not _is_number(value):
+        if not is_number(value):
             raise SearchSpaceError(
                 f"{path}: {where}.{bound} = {value!r}; allowed: a number (and set both low and high)"
             )
     low, high, log, step = spec["low"], spec["high"], spec.get("log", False), spec.get("step")
-    kind = spec.get("type", "int" if all(_is_int(v) for v in (low, high, step) if v is not None) else "float")
+    kind = spec.get("type", "int" if all(is_int(v) for v in (low, high, step) if v is not None) else "float")
     if kind not in ("int", "float"):
         raise SearchSpaceError(f"{path}: {where}.type = {kind!r}; allowed: int, float")
     if not isinstance(log, bool):
         raise SearchSpaceError(f"{path}: {where}.log = {log!r}; allowed: true or false")
-    if step is not None and (not _is_number(step) or step <= 0):
+    if step is not None and (not is_number(step) or step <= 0):
         raise SearchSpaceError(f"{path}: {where}.step = {step!r}; allowed: a number > 0")
     if kind == "int":
         for field, value in (("low", low), ("high", high), ("step", step)):
-            if value is not None and not _is_int(value):
+            if value is not None and not is_int(value):
                 raise SearchSpaceError(f"{path}: {where}.{field} = {value!r}; allowed: an integer (type: int)")
     if low >= high:
         raise SearchSpaceError(f"{path}: {where}: low = {low!r} is not below high = {high!r}; allowed: low < high")
@@ -338,7 +282,7 @@ def _load_pruner(path: str, spec: Any) -> tuple[str, dict[str, Any]]:
     _check_fields(path, "pruner.", options, accepted)
     try:
         PRUNERS[kind](**options)  # Optuna's own constructor checks the option values
-        if kind == "hyperband" and not _is_int(options.get("min_resource", 1)):
+        if kind == "hyperband" and not is_int(options.get("min_resource", 1)):
             raise ValueError("HyperbandPruner's min_resource is a number of steps (int >= 1)")
         if kind == "hyperband":  # HyperbandPruner defers its checks to its successive-halving brackets
             bracket_options = {k: v for k, v in options.items() if k in ("min_resource", "reduction_factor")}
@@ -376,19 +320,11 @@ def _load_budget(space: SearchSpace, n_trials: Any) -> int:
                 f"allowed: omit n_trials or set it to {count}"
             )
         return count
-    if not _is_int(n_trials) or n_trials < 1:
+    if not is_int(n_trials) or n_trials < 1:
         raise SearchSpaceError(
             f"{space.path}: n_trials = {n_trials!r} under strategy {space.strategy}; allowed: an integer >= 1"
         )
     return n_trials
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def design_size(space: SearchSpace) -> int | None:
@@ -405,7 +341,7 @@ def design_size(space: SearchSpace) -> int | None:
 
 def _on_axis(parameter: Parameter, value: Any) -> bool:
     if isinstance(parameter, Range):
-        return _is_number(value) and parameter.contains(value)
+        return is_number(value) and parameter.contains(value)
     return any(same_value(value, candidate) for candidate in parameter.values)
 
 
@@ -446,10 +382,3 @@ def trial_count(space: SearchSpace) -> int:
         return size
     assert space.n_trials is not None
     return space.n_trials
-
-
-def same_value(left: Any, right: Any) -> bool:
-    """Compare values as the CLI would write them (32 and 32.0 differ in type but are the same lora_alpha)."""
-    if _is_number(left) and _is_number(right):
-        return math.isclose(left, right, rel_tol=1e-12)
-    return format_value(left) == format_value(right)
