@@ -32,7 +32,7 @@ settings.register_profile(
     derandomize=False,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
-SCALE = int(os.environ.get("LIT_TUNING_BAD_INPUT_SCALE", "1"))
+SCALE = float(os.environ.get("LIT_TUNING_BAD_INPUT_SCALE", "1"))
 BASE = {
     "trainer": {"max_steps": 10, "val_check_interval": 5, "enable_progress_bar": False},
     "model": {"model_name_or_path": "embedded:micro"},
@@ -42,7 +42,7 @@ BASE = {
 
 def examples(count: int):
     """Hypothesis settings of one test: `count` examples (times the scale), the shared profile otherwise."""
-    return settings(settings.get_profile("bad-input"), max_examples=count * SCALE)
+    return settings(settings.get_profile("bad-input"), max_examples=max(1, round(count * SCALE)))
 
 
 def tree_digest(root: Path) -> str:
@@ -281,8 +281,8 @@ NUMBER_FLAGS = ("--n-trials", "--workers", "--workers-per-gpu", "--timeout", "--
 bad_number = st.one_of(
     st.integers(max_value=0),
     st.integers(min_value=10**7),
-    st.sampled_from(["inf", "-inf", "nan", "two", "1e400", "0.0", "[1]", "{a: 1}"]),
-    st.text(min_size=1, max_size=6),
+    st.sampled_from(["inf", "-inf", "nan", "two", "1e400", "0.0", "[1]", "{a: 1}", "2.5", "true"]),
+    st.text(min_size=1, max_size=6).filter(lambda text: not any(char.isdigit() for char in text)),
 )
 
 
