@@ -89,6 +89,21 @@ BAD_INPUTS = [
     (["--model.model_name_or_path", "./missing-model"], "model.model_name_or_path", "does not exist"),
     (["--model.model_name_or_path", "embedded:huge"], "model.model_name_or_path", "allowed: embedded:tiny"),
     (["--run_name", "../escape"], 'Parser key "run_name"', "not a safe directory name"),
+    # Values that pass their types but cannot work (lit_tuning/train/checks.py), refused before any tracker store.
+    (["--model.learning_rate", "inf"], 'Parser key "model.learning_rate"', "allowed: a finite number"),
+    (["--trainer.max_steps=-1", "--trainer.max_epochs=-1"], 'Parser key "trainer.max_steps"', "trains forever"),
+    (["--trainer.accumulate_grad_batches", "0"], 'Parser key "trainer.accumulate_grad_batches"', "integer >= 1"),
+    (["--trainer.val_check_interval", "31"], 'Parser key "trainer.val_check_interval"', "allowed: at most 30"),
+    (["--trainer.gradient_clip_val=-1"], 'Parser key "trainer.gradient_clip_val"', "a number >= 0"),
+    (["--trainer.accelerator", "tpu"], 'Parser key "trainer.accelerator"', "cannot run here"),
+    (["--trainer.devices", "0"], 'Parser key "trainer.devices"', "cannot run here"),
+    (["--model.target_modules", "[q_proj, nope]"], 'Parser key "model.target_modules"', "['nope'] not in"),
+    (["--model.adapter_path", "missing-adapter"], 'Parser key "model.adapter_path"', "adapter_config.json"),
+    (["--ckpt_path", "missing.ckpt"], 'Parser key "ckpt_path"', "is not a file"),
+    (["--data.val_fraction", "0.5", "--data.test_fraction", "0.5"], 'Parser key "data.val_fraction"', "below 1"),
+    (["--data.min_word_length", "7", "--data.max_word_length", "4"], 'Parser key "data.min_word_length"', "min <="),
+    (["--data.num_words", "10000000"], 'Parser key "data.num_words"', "fewer words"),
+    (["--data.prompt", "{word} {position} {oops}"], 'Parser key "data.prompt"', "cannot be filled"),
 ]
 
 
@@ -98,8 +113,28 @@ def test_bad_input_is_refused_before_anything_is_written(extra, key, allowed, tm
         cli_main(["fit", *micro_args(tmp_path / "runs", *extra)])
     assert exit_info.value.code != 0
     message = capsys.readouterr().err
-    assert key in message and allowed in message
-    assert not (tmp_path / "runs").exists()
+    assert key in message and allowed in message and "Traceback" not in message
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "tracking").exists()
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("model:\n  lora_r: 4\n  lora_r: 8\n", "duplicate key 'lora_r' at line 3; allowed: each key once"),
+        ("- model\n- data\n", "top level is a list; allowed: a mapping"),
+        ("model: [1\n", "expected ',' or ']'"),
+    ],
+    ids=["duplicate-key", "not-a-mapping", "invalid-yaml"],
+)
+def test_a_broken_config_file_is_named_on_one_line(text, problem, tmp_path, capsys):
+    bad = tmp_path / "broken.yaml"
+    bad.write_text(text)
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["fit", *micro_args(tmp_path / "runs", "--config", str(bad))])
+    assert exit_info.value.code == 2
+    error_lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1 and f"config file {bad}: " in error_lines[0] and problem in error_lines[0]
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "tracking").exists()
 
 
 def test_a_bad_value_in_a_config_file_names_the_file(tmp_path, capsys):

@@ -14,7 +14,7 @@ import yaml
 from conftest import ROOT
 
 from lit_tuning.experiment import generator
-from lit_tuning.experiment.config import Experiment, compose, plain
+from lit_tuning.experiment.config import Experiment, compose
 from lit_tuning.experiment.generator import main
 from lit_tuning.experiment.search_space import enumerate_trials, load_search_space
 from lit_tuning.experiment.wandb_export import (
@@ -24,6 +24,7 @@ from lit_tuning.experiment.wandb_export import (
     sweep_points,
     validate_sweep_config,
 )
+from lit_tuning.mappings import plain
 from lit_tuning.train.cli import cli_main
 
 with warnings.catch_warnings():  # sweeps' pydantic models warn about v1-style config keys on import

@@ -287,6 +287,15 @@ BAD_INPUTS: list[tuple[str, Any, list[str]]] = [
      ["strategy = 'bayesian' is unknown", "allowed: grid, oat, random, tpe, gp, cmaes"]),
     ("unknown metric", lambda d: d.update({"objective": {"metric": "val/acc"}}),
      ["objective.metric = 'val/acc' is not a registered metric", "allowed", "val/letter_position_accuracy"]),
+    ("test metric as objective", lambda d: d.update({"objective": {"metric": "test/loss"}}),
+     ["objective.metric = 'test/loss' is never reported during fit", "allowed", "val/loss"]),
+    ("model metric as objective", lambda d: d.update({"objective": {"metric": "model/trainable_params"}}),
+     ["objective.metric = 'model/trainable_params' is never reported during fit", "allowed"]),
+    ("grid too large to enumerate",
+     lambda d: d.update({"strategy": "grid", "n_trials": None, "parameters": {
+         key: {"low": 1, "high": 40, "step": 1}
+         for key in ("model.lora_r", "model.warmup_steps", "data.batch_size", "data.split_seed")}}),
+     ["strategy grid has 2,560,000 points (40 x 40 x 40 x 40)", "allowed: at most 100,000"]),
     ("descriptive metric", lambda d: d.update({"objective": {"metric": "baseline/chance"}}),
      ["objective.metric = 'baseline/chance' is descriptive only", "allowed", "val/loss"]),
     ("direction against the registry",
@@ -333,6 +342,7 @@ BAD_INPUTS: list[tuple[str, Any, list[str]]] = [
     ("seed not an int", lambda d: d.update({"seed": "abc"}), ["seed = 'abc'", "allowed: an integer"]),
     ("empty parameters", lambda d: d.update({"parameters": {}}), ["parameters = {}", "allowed: a non-empty mapping"]),
     ("not YAML", "parameters: [unclosed\n", ["not valid YAML"]),
+    ("not a mapping", "- strategy: tpe\n", ["top level", "allowed: a mapping"]),
 ]  # fmt: skip
 
 

@@ -18,7 +18,7 @@ from sweep_helpers import run_sweep, sqlite_url, write_space
 from web_helpers import mlflow_server, rendered_dom, screenshot
 
 from lit_tuning.tracking import TrackingSettings, WandbTracker
-from lit_tuning.tracking.__main__ import main as tracking_main
+from lit_tuning.tracking.cli import main as tracking_main
 from lit_tuning.tracking.mlflow_study import study_trial_runs
 from lit_tuning.tracking.wandb_reader import read_wandb_run
 from lit_tuning.train.metrics import PRIMARY_METRIC

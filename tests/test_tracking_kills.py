@@ -18,7 +18,7 @@ from sweep_helpers import sqlite_url, sweep_command, write_space
 
 from lit_tuning.sweep.attempts import close_dead_attempts
 from lit_tuning.tracking import TrackingSettings, WandbTracker
-from lit_tuning.tracking.__main__ import main as tracking_main
+from lit_tuning.tracking.cli import main as tracking_main
 from lit_tuning.tracking.mlflow_study import prepare_study, study_trial_runs
 from lit_tuning.tracking.store import BROKEN, CREATING, ensure_store
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
 import io
@@ -15,8 +14,9 @@ import pandas as pd
 from lit_tuning.analysis.report import ROOT, ReportError, load_existing_study
 from lit_tuning.analysis.report_data import study_space
 from lit_tuning.analysis.significance import BASE_LABEL
+from lit_tuning.commands import Count, add_study_options, command_parser, parse_or_exit, split_known
 from lit_tuning.files import atomic_write
-from lit_tuning.paths import BASE_CONFIG, DEFAULT_STORAGE, study_slug
+from lit_tuning.paths import BASE_CONFIG, study_slug
 from lit_tuning.train.metrics import PRIMARY_METRIC
 
 CONFIRM_COLUMNS = ["config", "seed", "value", "run_dir"]
@@ -105,18 +105,16 @@ def run_jobs(
 
 def main(argv: list[str] | None = None) -> int:
     """Command line: plan and run the re-runs of one study (default: the most recent)."""
-    parser = argparse.ArgumentParser(prog="python -m lit_tuning.analysis.confirm", description=__doc__)
-    parser.add_argument("--study", help="study name (default: the study whose latest trial started last)")
-    parser.add_argument("--storage", default=DEFAULT_STORAGE, help=f"Optuna storage URL (default {DEFAULT_STORAGE})")
+    parser = command_parser("python -m lit_tuning.analysis.confirm", __doc__)
+    add_study_options(parser, study_help="study name (default: the study whose latest trial started last)")
     parser.add_argument("--root", type=Path, default=ROOT, help=f"results root (default {ROOT})")
-    parser.add_argument("--top-k", type=int, default=2, help="how many of the best configs to re-run (default 2)")
-    parser.add_argument("--seeds", type=int, default=3, help="seeds per config, 0..N-1 (default 3)")
-    parser.add_argument("--max-steps", type=int, help="override trainer.max_steps (smoke tests; not for results)")
+    parser.add_argument("--top-k", type=Count, default=2, help="how many of the best configs to re-run (default 2)")
+    parser.add_argument("--seeds", type=Count, default=3, help="seeds per config, 0..N-1 (default 3)")
+    parser.add_argument("--max-steps", type=Count | None, default=None, help="override trainer.max_steps (smoke tests)")
     parser.add_argument("--dry-run", action="store_true", help="print the planned runs and exit")
-    args, extra = parser.parse_known_args(argv)  # anything else goes to every `fit` (e.g. --tracking.wandb_mode)
-    for flag, value in (("--top-k", args.top_k), ("--seeds", args.seeds), ("--max-steps", args.max_steps or 1)):
-        if value < 1:
-            parser.error(f"{flag} = {value}; allowed: an integer >= 1")
+    # Options the parser does not know go to every `fit` (e.g. --tracking.wandb_mode=disabled).
+    own, extra = split_known(parser, sys.argv[1:] if argv is None else argv)
+    args = parse_or_exit(parser, own)
     try:
         study = load_existing_study(args.study, args.storage)
         jobs = plan(study.study_name, storage=args.storage, root=args.root, top_k=args.top_k, seeds=args.seeds)

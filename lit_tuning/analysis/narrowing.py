@@ -12,9 +12,10 @@ import pandas as pd
 import yaml
 
 from lit_tuning.analysis.importance import MATTERS_SHARE, MIN_TOP_TRIALS
-from lit_tuning.experiment.config import format_value, plain, read_yaml
+from lit_tuning.experiment.config import format_value, read_yaml
 from lit_tuning.experiment.search_space import Candidates, Range, SearchSpace, load_search_space, same_value
 from lit_tuning.files import atomic_write
+from lit_tuning.mappings import plain
 from lit_tuning.paths import BASE_CONFIG
 from lit_tuning.sweep.trial_record import PARAM_PREFIX, best_first
 

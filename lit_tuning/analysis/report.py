@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import datetime
 import json
@@ -19,9 +18,10 @@ from lit_tuning.analysis.mlflow_runs import mlflow_links
 from lit_tuning.analysis.narrowing import write_space
 from lit_tuning.analysis.report_data import ReportData, compute_report
 from lit_tuning.analysis.tables import pruning_savings, study_summary, with_compute
-from lit_tuning.experiment.config import plain
+from lit_tuning.commands import Count, add_study_options, command_parser, parse_or_exit
 from lit_tuning.experiment.search_space import SearchSpaceError
 from lit_tuning.files import atomic_write
+from lit_tuning.mappings import plain
 from lit_tuning.paths import DEFAULT_STORAGE, SPACES_DIR, sqlite_file, study_slug
 from lit_tuning.paths import RESULTS_ROOT as ROOT
 from lit_tuning.sweep.trial_record import latest_study_name, load_study, study_direction, trials_frame
@@ -170,15 +170,14 @@ def build_comparison(study_names: list[str], *, storage: str = DEFAULT_STORAGE, 
 
 def main(argv: list[str] | None = None) -> int:
     """Command line: report one study (default: the most recent) or compare several."""
-    parser = argparse.ArgumentParser(prog="python -m lit_tuning.analysis.report", description=__doc__)
-    parser.add_argument("--study", help="study name (default: the study whose latest trial started last)")
-    parser.add_argument("--compare", nargs="+", metavar="STUDY", help="write a comparison report of these studies")
-    parser.add_argument("--storage", default=DEFAULT_STORAGE, help=f"Optuna storage URL (default {DEFAULT_STORAGE})")
+    parser = command_parser("python -m lit_tuning.analysis.report", __doc__)
+    add_study_options(parser, study_help="study name (default: the study whose latest trial started last)")
+    parser.add_argument("--compare", type=str, nargs="+", default=None, help="a comparison report of these studies")
     parser.add_argument("--root", type=Path, default=ROOT, help=f"results root (default {ROOT})")
     parser.add_argument("--spaces-dir", type=Path, default=SPACES_DIR, help="where the narrowed search space goes")
     parser.add_argument("--mlflow-ui", default=MLFLOW_UI, help=f"MLflow UI address for run links (default {MLFLOW_UI})")
-    parser.add_argument("--resamples", type=int, default=20, help="bootstrap resamples for importance intervals")
-    args = parser.parse_args(argv)
+    parser.add_argument("--resamples", type=Count, default=20, help="bootstrap resamples for importance intervals")
+    args = parse_or_exit(parser, sys.argv[1:] if argv is None else argv)
     try:
         if args.compare:
             print(build_comparison(args.compare, storage=args.storage, root=args.root))

@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lit_tuning.analysis.figures import interaction_data
-from lit_tuning.analysis.importance import narrowed_space, param_importances, verdicts, write_space
+from lit_tuning.analysis.importance import param_importances, verdicts
+from lit_tuning.analysis.interaction import interaction_data
+from lit_tuning.analysis.narrowing import narrowed_space, write_space
 from lit_tuning.bench.curves import CurveTable
 from lit_tuning.bench.replay import Replay, Strategy
 from lit_tuning.bench.search_table import STAGES, open_table, table_parser
@@ -53,9 +54,9 @@ def small_study_interactions(table: CurveTable, *, trials: int = 24, draws: int 
             final = rng.choice(table.curves[config]).values[-1]
             params = {f"{PARAM_PREFIX}{key}": value for key, value in zip(table.axes, config, strict=True)}
             rows.append({"state": "COMPLETE", "value": final, **params})
-        found = interaction_data(pd.DataFrame(rows))
+        found = interaction_data(pd.DataFrame(rows).assign(number=range(len(rows))), direction=table.direction)
         if found is not None:
-            named.append({"term": f"{found[0]} x {found[1]}", "claimed_share": found[4]})
+            named.append({"term": f"{found.a} x {found.b}", "claimed_share": found.share, "claimed": found.supported})
     shares = pd.DataFrame(named).groupby("term").claimed_share
     return pd.DataFrame({
         "named_in": shares.size() / draws,  # share of the small studies that name this pair
@@ -97,11 +98,11 @@ def narrowing_keeps_best(table: CurveTable, *, studies: int = 30, trials: int = 
             for key, values in table.axes.items():  # the replay's parameters are indices into each axis
                 frame[f"{PARAM_PREFIX}{key}"] = frame[f"{PARAM_PREFIX}{key}"].map(lambda index, v=values: v[index])
             try:
-                verdict_table = verdicts(param_importances(replay.study))
+                verdict_table = verdicts(param_importances(replay.study).table)
             except RuntimeError as error:  # the report's importance step fails on this study: count it, do not hide it
                 rows.append({"importance_failed": 1.0, "failure": str(error)})
                 continue
-            proposal, _ = narrowed_space(space, frame, verdict_table, study=f"replay-{seed}")
+            proposal, _ = narrowed_space(space, frame, verdict_table, study=f"replay-{seed}", direction=table.direction)
             kept = {key: _keeps(proposal, key, value) for key, value in best.items()}
             rows.append({**kept, "all": all(kept.values()), "importance_failed": 0.0})
     frame = pd.DataFrame(rows)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 import subprocess
 import sys
@@ -14,6 +13,7 @@ import optuna
 import pandas as pd
 import yaml
 
+from lit_tuning.commands import Count, command_parser, parse_or_exit
 from lit_tuning.paths import BENCH_ROOT, DEFAULT_SEARCH_SPACE
 
 
@@ -68,12 +68,12 @@ def cores() -> int:
 
 def main(argv: list[str] | None = None) -> None:
     """Run the same study with each worker count and write a table and a figure."""
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--trials", type=int, default=4)
-    parser.add_argument("--steps", type=int, default=200)
+    parser = command_parser("python -m lit_tuning.bench.sweep", __doc__)
+    parser.add_argument("--workers", type=Count, nargs="+", default=[1, 2])
+    parser.add_argument("--trials", type=Count, default=4)
+    parser.add_argument("--steps", type=Count, default=200)
     parser.add_argument("--out", type=Path, default=BENCH_ROOT)
-    args = parser.parse_args(argv)
+    args = parse_or_exit(parser, sys.argv[1:] if argv is None else argv)
     root = Path(tempfile.mkdtemp(prefix="lit_tuning-bench-sweep-"))
     table = pd.DataFrame([run_study(n, trials=args.trials, steps=args.steps, root=root) for n in args.workers])
     table["speedup"] = table["steps_per_s"] / table.loc[0, "steps_per_s"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import subprocess
@@ -14,6 +13,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pandas as pd
 
+from lit_tuning.commands import Count, command_parser, parse_or_exit
 from lit_tuning.paths import BASE_CONFIG, BENCH_ROOT
 
 VARIANTS = {
@@ -94,12 +94,12 @@ def logging_call_cost(calls: int = 500) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> None:
     """Run every variant `repeats` times, interleaved, and write a table and a figure."""
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser = command_parser("python -m lit_tuning.bench.tracking", __doc__)
+    parser.add_argument("--steps", type=Count, default=300)
+    parser.add_argument("--repeats", type=Count, default=2)
     parser.add_argument("--out", type=Path, default=BENCH_ROOT)
-    parser.add_argument("--log-every", type=int, default=10, help="trainer.log_every_n_steps of the default fit")
-    args = parser.parse_args(argv)
+    parser.add_argument("--log-every", type=Count, default=10, help="trainer.log_every_n_steps of the default fit")
+    args = parse_or_exit(parser, sys.argv[1:] if argv is None else argv)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     rows = [
         run_variant(name, repeat=repeat, steps=args.steps, root=args.out / f"tracking-{stamp}")

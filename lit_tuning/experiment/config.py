@@ -4,25 +4,25 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import re
 from argparse import ArgumentError
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import yaml
 from jsonargparse import Namespace
 
 from lit_tuning.files import atomic_write
+from lit_tuning.mappings import flatten, plain
 from lit_tuning.paths import BASE_CONFIG, UnsafeNameError
 from lit_tuning.paths import safe_name as _safe_name
 from lit_tuning.train.base_model import check_model_reference
+from lit_tuning.train.checks import check_fit_config
 from lit_tuning.train.cli import LitTuningCLI, LitTuningParser, cli_kwargs
+from lit_tuning.train.problems import ArgumentProblem
+from lit_tuning.train.yaml_files import DuplicateKeyError, load_yaml, one_line
 
 # The one argument link of LitTuningCLI.add_arguments_to_parser: the tokenizer comes with the model.
 LINKED_KEYS = {"data.model_name_or_path": "model.model_name_or_path"}
-# PyYAML follows YAML 1.1, where 1e-4 is a string; learning rates are written that way, so read them as floats.
-FLOAT_PATTERN = re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?$|^[-+]?\.(?:inf|Inf|INF)$|^\.(?:nan|NaN|NAN)$")
 
 
 class ConfigError(ValueError):
@@ -92,22 +92,6 @@ def format_value(value: Any) -> str:
     return text.removesuffix("\n...").removesuffix("...").strip()
 
 
-def plain(value: Any) -> Any:
-    """Turn parser-typed values (jsonargparse's PositiveInt is an int subclass) into plain Python data."""
-    if isinstance(value, bool) or value is None:
-        return value
-    if isinstance(value, np.generic):  # a numpy scalar from a pandas table: its Python value, not its text
-        return value.item()
-    for base_type in (int, float, str):
-        if isinstance(value, base_type):
-            return base_type(value)
-    if isinstance(value, list | tuple):
-        return [plain(item) for item in value]
-    if isinstance(value, dict):
-        return {key: plain(item) for key, item in value.items()}
-    return value
-
-
 def override_arg(key: str, value: Any) -> str:
     """Return the `fit` argument that sets a dotted key, e.g. `--model.lora_r=8`."""
     return f"--{key}={format_value(value)}"
@@ -127,29 +111,33 @@ def compose(experiment: Experiment) -> ResolvedConfig:
     for path in experiment.files:
         if not Path(path).is_file():
             raise ConfigError(f"config file {path} does not exist; allowed: an existing YAML or JSON file")
-    namespace = check_model(parse_args(experiment.cli_args()))
+    namespace = check_config(parse_args(experiment.cli_args()))
     return ResolvedConfig(experiment, namespace, value_sources(experiment, namespace))
 
 
 def apply_overrides(resolved: ResolvedConfig, overrides: dict[str, Any]) -> ResolvedConfig:
     """Return a composed config with more overrides, parsed over it: what compose gives, without re-reading files."""
     args = [override_arg(key, value) for key, value in overrides.items()]
-    namespace = check_model(parse_args(args, resolved.namespace))
+    namespace = check_config(parse_args(args, resolved.namespace))
     sources = {**resolved.sources, **dict.fromkeys(overrides, "override")}
     return ResolvedConfig(resolved.experiment.with_overrides(overrides), namespace, sources)
 
 
-def check_model(namespace: Namespace) -> Namespace:
-    """Apply fit's own check of the model reference (before_instantiate_classes does the same); return the config."""
+def check_config(namespace: Namespace) -> Namespace:
+    """Apply fit's own checks before it builds anything (as before_instantiate_classes does); return the config."""
     error = check_model_reference(namespace.model.model_name_or_path)
     if error:
         raise ConfigError(f'Parser key "model.model_name_or_path":\n  {error}')
+    try:
+        check_fit_config(namespace)
+    except ArgumentProblem as problem:
+        raise ConfigError(f'Parser key "{problem.key}":\n  {problem.reason}') from None
     return namespace
 
 
 def value_sources(experiment: Experiment, namespace: Namespace) -> dict[str, str]:
     """Map each resolved dotted key to what set it: the last file setting it, an override, a link, or the default."""
-    file_keys = [(str(path), set(_flatten(yaml.safe_load(Path(path).read_text()) or {}))) for path in experiment.files]
+    file_keys = [(str(path), set(flatten(yaml.safe_load(Path(path).read_text())))) for path in experiment.files]
     sources = {}
     for key, _ in namespace.items(branches=False):
         if key == "config":
@@ -200,16 +188,6 @@ def safe_name(name: str) -> str:
         raise ConfigError(f"experiment {error}") from None
 
 
-def _flatten(document: Any, prefix: str = "") -> dict[str, Any]:
-    """Flatten nested mappings to dotted keys; lists and scalars are leaves."""
-    if not isinstance(document, dict):
-        return {prefix: document} if prefix else {}
-    flat: dict[str, Any] = {}
-    for key, value in document.items():
-        flat.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
-    return flat
-
-
 def _dedent_message(message: str) -> str:
     """Drop lines the parser repeats when it reports through both the main and the subcommand parser."""
     lines = []
@@ -219,38 +197,16 @@ def _dedent_message(message: str) -> str:
     return "\n".join(lines)
 
 
-class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate keys and reads 1e-4 as a float."""
-
-
-def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-    mapping: dict[Any, Any] = {}
-    for key_node, value_node in node.value:
-        key = loader.construct_object(key_node, deep=deep)
-        if key in mapping:
-            raise ConfigError(
-                f"{loader.name}: duplicate key {key!r} at line {key_node.start_mark.line + 1}; "
-                "allowed: each key once per mapping"
-            )
-        mapping[key] = loader.construct_object(value_node, deep=deep)
-    return mapping
-
-
-_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-_StrictLoader.add_implicit_resolver("tag:yaml.org,2002:float", FLOAT_PATTERN, list("-+0123456789."))
-
-
 def read_yaml(path: str | Path) -> Any:
-    """Read a YAML file with duplicate keys refused, raising ConfigError naming the file on any problem."""
+    """Read a YAML file with fit's strict reader (duplicate keys refused), raising ConfigError naming the file."""
     try:
-        text = Path(path).read_text()
-    except OSError as error:
-        raise ConfigError(f"{path}: cannot read it ({error.strerror}); allowed: a readable YAML file") from None
-    loader = _StrictLoader(text)
-    loader.name = str(path)
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        reason = getattr(error, "strerror", None) or str(error)
+        raise ConfigError(f"{path}: cannot read it ({reason}); allowed: a readable YAML file") from None
     try:
-        return loader.get_single_data()
+        return load_yaml(text)
+    except DuplicateKeyError as error:
+        raise ConfigError(f"{path}: {error}") from None
     except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML: {error}".replace("\n", " ")) from None
-    finally:
-        loader.dispose()
+        raise ConfigError(f"{path}: not valid YAML: {one_line(error)}") from None

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
+from jsonargparse import Namespace
 
+from lit_tuning.commands import command_parser, parse_or_exit
 from lit_tuning.experiment.config import (
     ConfigError,
     ResolvedConfig,
@@ -33,22 +34,22 @@ DEFAULT_OUT_DIR = "configs/hyperparameters/experiments"  # git-ignored: generate
 DEFAULT_PROJECT = "lit_tuning"
 
 
-def parse_cli(argv: list[str] | None) -> argparse.Namespace:
-    """Parse the generator's command line."""
-    parser = argparse.ArgumentParser(
-        prog="python -m lit_tuning.experiment",
-        description="Write experiment configs (single, grid/oat) or a W&B sweep config from a search space.",
+def parse_cli(argv: list[str] | None) -> Namespace:
+    """Parse the generator's command line (exit 2 with one line on a bad one)."""
+    parser = command_parser(
+        "python -m lit_tuning.experiment",
+        "Write experiment configs (single, grid/oat) or a W&B sweep config from a search space.",
     )
-    parser.add_argument("--mode", choices=["single", "grid", "sweep"], default="single", help="what to write")
-    parser.add_argument("--name", help="base name of the files (default: the search space's name)")
+    parser.add_argument("--mode", type=Literal["single", "grid", "sweep"], default="single", help="what to write")
+    parser.add_argument("--name", type=str | None, default=None, help="base name of the files (default: the space's)")
     parser.add_argument("--search-space", default=DEFAULT_SEARCH_SPACE, help="search space YAML file")
     parser.add_argument("--full-grid", action="store_true", help="grid mode: the full factorial instead of oat")
     parser.add_argument("--out-dir", default=DEFAULT_OUT_DIR, help="folder for the written files")
     parser.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", help="single mode: a dotted override (repeatable)"
+        "--set", type=str, action="append", default=[], help="single mode: a dotted KEY=VALUE override (repeatable)"
     )
     parser.add_argument("--project", default=DEFAULT_PROJECT, help="sweep mode: the W&B project")
-    return parser.parse_args(argv)
+    return parse_or_exit(parser, sys.argv[1:] if argv is None else argv)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def plan(
-    space: SearchSpace, args: argparse.Namespace, *, name: str, stamp: str, out_dir: Path
+    space: SearchSpace, args: Namespace, *, name: str, stamp: str, out_dir: Path
 ) -> list[tuple[Path, ResolvedConfig]]:
     """Return (path, resolved config) for every file to write; every config is validated here, before any write."""
     if args.mode == "single":

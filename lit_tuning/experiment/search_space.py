@@ -18,13 +18,14 @@ from lit_tuning.experiment.config import (
     ConfigError,
     Experiment,
     ResolvedConfig,
-    check_model,
+    check_config,
     compose,
     format_value,
     parse_args,
-    plain,
     read_yaml,
 )
+from lit_tuning.experiment.parameters import Candidates, Parameter, Range, is_int, is_number, same_value
+from lit_tuning.mappings import plain
 from lit_tuning.paths import BASE_CONFIG
 from lit_tuning.train.metrics import get_metric, objective_metrics
 
@@ -40,60 +41,13 @@ PRUNERS: dict[str, type[optuna.pruners.BasePruner]] = {
 TOP_LEVEL_KEYS = ("name", "description", "objective", "strategy", "n_trials", "seed", "pruner", "base", "parameters")
 PARAMETER_FIELDS = ("candidates", "low", "high", "log", "step", "type")
 PRIMITIVES = (type(None), bool, int, float, str)  # what Optuna's categorical distributions store
+# A grid/oat design is listed in memory and queued in the storage before the first trial: a 40^8 grid reached
+# 22 GB. Past this many points (each a whole training run), a sampling strategy is the tool.
+MAX_DESIGN_SIZE = 100_000
 
 
 class SearchSpaceError(ValueError):
     """A search space that must not run: the message names the file, the key, the bad value and what is allowed."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Candidates:
-    """Discrete values of one parameter (the original task's HPARAM_CANDIDATES), normalized by the fit parser."""
-
-    values: tuple[Any, ...]
-
-    def points(self) -> list[Any]:
-        """Return the values a grid visits."""
-        return list(self.values)
-
-    def __str__(self) -> str:
-        """Describe the parameter for error messages."""
-        return f"one of {list(self.values)}"
-
-
-@dataclasses.dataclass(frozen=True)
-class Range:
-    """A numeric interval (the original task's HPARAM_RANGE): low..high inclusive, optionally log-scaled or stepped."""
-
-    low: int | float
-    high: int | float
-    kind: Literal["int", "float"]
-    log: bool = False
-    step: int | float | None = None
-
-    def points(self) -> list[int | float]:
-        """Return low, low+step, ..., high (only for a stepped range)."""
-        assert self.step is not None, "only stepped ranges enumerate"
-        count = round((self.high - self.low) / self.step) + 1
-        values = [self.low + index * self.step for index in range(count)]
-        return values if self.kind == "int" else [round(value, 12) for value in values]
-
-    def __str__(self) -> str:
-        """Describe the parameter for error messages."""
-        scale = ", log scale" if self.log else f", step {self.step}" if self.step is not None else ""
-        return f"{self.kind} in [{self.low}, {self.high}]{scale}"
-
-    def contains(self, value: int | float) -> bool:
-        """Whether a value lies in the range and on its step grid."""
-        if not self.low <= value <= self.high:
-            return False
-        if self.step is None:
-            return True
-        ratio = (value - self.low) / self.step
-        return math.isclose(ratio, round(ratio), abs_tol=1e-9)
-
-
-Parameter = Candidates | Range
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,7 +94,7 @@ def load_search_space(path: str | Path) -> SearchSpace:
         raise SearchSpaceError(f"{path}: strategy = {strategy!r} is unknown; allowed: {', '.join(STRATEGIES)}")
     pruner, pruner_options = _load_pruner(path, document.get("pruner", "none"))
     seed = document.get("seed", 0)
-    if not _is_int(seed):
+    if not is_int(seed):
         raise SearchSpaceError(f"{path}: seed = {seed!r}; allowed: an integer")
     name = document.get("name", Path(path).stem)
     space = SearchSpace(
@@ -241,21 +195,21 @@ def _load_range(path: str, key: str, spec: dict[str, Any], base: ResolvedConfig)
     where = f"parameters.{key}"
     for bound in ("low", "high"):
         value = spec.get(bound)
-        if not _is_number(value):
+        if not is_number(value):
             raise SearchSpaceError(
                 f"{path}: {where}.{bound} = {value!r}; allowed: a number (and set both low and high)"
             )
     low, high, log, step = spec["low"], spec["high"], spec.get("log", False), spec.get("step")
-    kind = spec.get("type", "int" if all(_is_int(v) for v in (low, high, step) if v is not None) else "float")
+    kind = spec.get("type", "int" if all(is_int(v) for v in (low, high, step) if v is not None) else "float")
     if kind not in ("int", "float"):
         raise SearchSpaceError(f"{path}: {where}.type = {kind!r}; allowed: int, float")
     if not isinstance(log, bool):
         raise SearchSpaceError(f"{path}: {where}.log = {log!r}; allowed: true or false")
-    if step is not None and (not _is_number(step) or step <= 0):
+    if step is not None and (not is_number(step) or step <= 0):
         raise SearchSpaceError(f"{path}: {where}.step = {step!r}; allowed: a number > 0")
     if kind == "int":
         for field, value in (("low", low), ("high", high), ("step", step)):
-            if value is not None and not _is_int(value):
+            if value is not None and not is_int(value):
                 raise SearchSpaceError(f"{path}: {where}.{field} = {value!r}; allowed: an integer (type: int)")
     if low >= high:
         raise SearchSpaceError(f"{path}: {where}: low = {low!r} is not below high = {high!r}; allowed: low < high")
@@ -282,7 +236,7 @@ def _load_range(path: str, key: str, spec: dict[str, Any], base: ResolvedConfig)
 def check_value(base: ResolvedConfig, key: str, value: Any, *, where: str) -> Any:
     """Return the value as `fit` resolves it over the base experiment, or raise SearchSpaceError saying why not."""
     try:
-        return plain(check_model(parse_args([f"--{key}={format_value(value)}"], base.namespace))[key])
+        return plain(check_config(parse_args([f"--{key}={format_value(value)}"], base.namespace))[key])
     except ConfigError as error:
         reason = "; ".join(line.strip() for line in str(error).splitlines()[1:] if "is set " not in line)
         raise SearchSpaceError(f"{where} = {value!r} is refused by `fit`; allowed: {reason}") from None
@@ -294,7 +248,8 @@ def _load_objective(path: str, spec: Any) -> tuple[str, Literal["maximize", "min
     if not isinstance(spec, dict):
         raise SearchSpaceError(f"{path}: objective = {spec!r}; allowed: a mapping with metric and direction")
     _check_fields(path, "objective.", spec, ("metric", "direction"))
-    allowed = ", ".join(metric.name for metric in objective_metrics())
+    objectives = {metric.name: metric for metric in objective_metrics()}
+    allowed = ", ".join(objectives)
     name = spec.get("metric", "val/letter_position_accuracy")
     try:
         metric = get_metric(str(name))
@@ -302,6 +257,11 @@ def _load_objective(path: str, spec: Any) -> tuple[str, Literal["maximize", "min
         raise SearchSpaceError(f"{path}: objective.metric = {name!r} is not a registered metric; allowed: {allowed}")
     if metric.direction is None:
         raise SearchSpaceError(f"{path}: objective.metric = {name!r} is descriptive only; allowed: {allowed}")
+    if metric.name not in objectives:
+        raise SearchSpaceError(
+            f"{path}: objective.metric = {name!r} is never reported during fit (test/* only by `test`, "
+            f"model/* straight to the loggers), so every trial would end without a value; allowed: {allowed}"
+        )
     direction = spec.get("direction", metric.direction)
     if direction != metric.direction:
         raise SearchSpaceError(
@@ -322,7 +282,7 @@ def _load_pruner(path: str, spec: Any) -> tuple[str, dict[str, Any]]:
     _check_fields(path, "pruner.", options, accepted)
     try:
         PRUNERS[kind](**options)  # Optuna's own constructor checks the option values
-        if kind == "hyperband" and not _is_int(options.get("min_resource", 1)):
+        if kind == "hyperband" and not is_int(options.get("min_resource", 1)):
             raise ValueError("HyperbandPruner's min_resource is a number of steps (int >= 1)")
         if kind == "hyperband":  # HyperbandPruner defers its checks to its successive-halving brackets
             bracket_options = {k: v for k, v in options.items() if k in ("min_resource", "reduction_factor")}
@@ -353,26 +313,48 @@ def _check_strategy_fits(space: SearchSpace) -> None:
 
 def _load_budget(space: SearchSpace, n_trials: Any) -> int:
     if space.strategy in ENUMERATED:
-        count = trial_count(space)
+        count = check_design_size(space)
         if n_trials is not None and n_trials != count:
             raise SearchSpaceError(
                 f"{space.path}: n_trials = {n_trials!r} under strategy {space.strategy}, which runs every point; "
                 f"allowed: omit n_trials or set it to {count}"
             )
         return count
-    if not _is_int(n_trials) or n_trials < 1:
+    if not is_int(n_trials) or n_trials < 1:
         raise SearchSpaceError(
             f"{space.path}: n_trials = {n_trials!r} under strategy {space.strategy}; allowed: an integer >= 1"
         )
     return n_trials
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+def design_size(space: SearchSpace) -> int | None:
+    """Return the number of points of a grid (full factorial) or oat design, computed without enumerating; else None."""
+    if space.strategy == "grid":
+        return math.prod(parameter.count() for parameter in space.parameters.values())
+    if space.strategy == "oat":  # the centre, then each other value of one parameter at a time
+        centre = space.base_values
+        return 1 + sum(
+            parameter.count() - int(_on_axis(parameter, centre[key])) for key, parameter in space.parameters.items()
+        )
+    return None
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+def _on_axis(parameter: Parameter, value: Any) -> bool:
+    if isinstance(parameter, Range):
+        return is_number(value) and parameter.contains(value)
+    return any(same_value(value, candidate) for candidate in parameter.values)
+
+
+def check_design_size(space: SearchSpace) -> int | None:
+    """Return the design size, refusing a design too large to enumerate (each point is a whole training run)."""
+    size = design_size(space)
+    if size is not None and size > MAX_DESIGN_SIZE:
+        axes = " x ".join(str(parameter.count()) for parameter in space.parameters.values())
+        raise SearchSpaceError(
+            f"{space.path}: strategy {space.strategy} has {size:,} points ({axes}); allowed: at most "
+            f"{MAX_DESIGN_SIZE:,} (fewer candidates, a coarser step, or a sampling strategy such as tpe)"
+        )
+    return size
 
 
 def enumerate_trials(space: SearchSpace) -> list[dict[str, Any]]:
@@ -381,6 +363,7 @@ def enumerate_trials(space: SearchSpace) -> list[dict[str, Any]]:
         raise SearchSpaceError(
             f"{space.path}: strategy = {space.strategy!r} draws its trials; allowed for enumeration: grid, oat"
         )
+    check_design_size(space)
     axes = {key: parameter.points() for key, parameter in space.parameters.items()}
     if space.strategy == "grid":
         return [dict(zip(axes, values)) for values in itertools.product(*axes.values())]
@@ -394,16 +377,8 @@ def enumerate_trials(space: SearchSpace) -> list[dict[str, Any]]:
 
 def trial_count(space: SearchSpace) -> int:
     """Return how many trials a study runs: the exact design size for grid/oat, the budget for samplers."""
-    if space.strategy == "grid":
-        return math.prod(len(parameter.points()) for parameter in space.parameters.values())
-    if space.strategy == "oat":
-        return len(enumerate_trials(space))
+    size = design_size(space)
+    if size is not None:
+        return size
     assert space.n_trials is not None
     return space.n_trials
-
-
-def same_value(left: Any, right: Any) -> bool:
-    """Compare values as the CLI would write them (32 and 32.0 differ in type but are the same lora_alpha)."""
-    if _is_number(left) and _is_number(right):
-        return math.isclose(left, right, rel_tol=1e-12)
-    return format_value(left) == format_value(right)

@@ -143,7 +143,10 @@ def in_space(parameter: Candidates | Range, value: Any) -> bool:
 
 
 def design(space: SearchSpace, *, full_grid: bool = False) -> list[dict[str, Any]]:
-    """Return the trials a generator writes: the oat or grid design, the full grid on request, else seeded draws."""
+    """Return the trials a generator writes: the oat or grid design, the full grid on request, else seeded draws.
+
+    enumerate_trials refuses a design past MAX_DESIGN_SIZE from its arithmetic size, before listing any point.
+    """
     if full_grid:
         return enumerate_trials(_as_grid(space))
     if space.strategy in ENUMERATED:

@@ -10,7 +10,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from lit_tuning.experiment.config import ConfigError, override_arg, parse_args, plain
+from lit_tuning.experiment.config import ConfigError, override_arg, parse_args
 from lit_tuning.experiment.search_space import (
     ENUMERATED,
     Candidates,
@@ -20,6 +20,7 @@ from lit_tuning.experiment.search_space import (
     enumerate_trials,
 )
 from lit_tuning.experiment.strategies import sample_trial
+from lit_tuning.mappings import plain
 
 METHODS = {"grid": "grid", "oat": "grid", "random": "random", "tpe": "bayes", "gp": "bayes", "cmaes": "bayes"}
 # Each trial logs through lit_tuning's own trackers with W&B online; under `wandb agent` it joins the sweep's run.

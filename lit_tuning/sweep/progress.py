@@ -7,7 +7,7 @@ import datetime
 
 import optuna
 
-from lit_tuning.experiment.config import plain
+from lit_tuning.mappings import plain
 from lit_tuning.sweep.trial_record import (
     DONE_STATES,
     FINISHED_STATES,

@@ -10,7 +10,6 @@ the heartbeat and tells the study how the trial ended, from the outcome file ran
 
 from __future__ import annotations
 
-import argparse
 import ctypes
 import json
 import os
@@ -19,6 +18,7 @@ import sys
 from pathlib import Path
 
 import optuna
+from jsonargparse import ArgumentParser, Namespace
 from lightning.pytorch.utilities import rank_zero_only
 
 from lit_tuning.experiment.search_space import load_search_space
@@ -32,15 +32,14 @@ from lit_tuning.train.cli import cli_main
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The rank command's arguments: which trial, where its study lives, where the outcome goes, fit's args."""
+def add_arguments(parser: ArgumentParser) -> None:
+    """The rank command's arguments: which trial, where its study lives, where the outcome goes (fit's after --)."""
     parser.add_argument("--search-space", required=True)
     parser.add_argument("--storage", required=True)
     parser.add_argument("--study", required=True)
     parser.add_argument("--trial-id", type=int, required=True)
     parser.add_argument("--run-dir", type=Path, required=True)
     parser.add_argument("--outcome", type=Path, required=True)
-    parser.add_argument("fit_args", nargs=argparse.REMAINDER)
 
 
 def die_with_parent() -> None:
@@ -53,7 +52,7 @@ def die_with_parent() -> None:
         os._exit(1)
 
 
-def serve_rank(options: argparse.Namespace) -> int:
+def serve_rank(options: Namespace) -> int:
     """Run this rank of the trial's `fit`; rank 0 reports to Optuna and writes the outcome for the worker."""
     die_with_parent()
     rank_zero = rank_zero_only.rank == 0  # from the environment Lightning gives the ranks it starts

@@ -52,7 +52,7 @@ def open_storage(url: str = DEFAULT_STORAGE, heartbeat_s: int = DEFAULT_HEARTBEA
                 max_retry=MAX_RETRIES, inherit_intermediate_values=True
             ),
         )
-    except sqlalchemy.exc.OperationalError as error:
+    except sqlalchemy.exc.DatabaseError as error:  # OperationalError, or "file is not a database"
         raise StorageError(f"--storage {url!r} cannot be opened: {error.orig}; allowed: {_allowed()}") from None
 
 

@@ -120,11 +120,6 @@ def initial_trials(space: SearchSpace) -> list[tuple[dict[str, Any], dict[str, A
     return []
 
 
-def design_size(space: SearchSpace) -> int | None:
-    """The number of trials a grid/oat design has (its natural budget), None for sampling strategies."""
-    return len(enumerate_trials(space)) if space.strategy in ENUMERATED else None
-
-
 def is_done(study: optuna.Study, budget: int) -> bool:
     """Whether every trial of the budget has finished (nothing runs or waits, and the count is reached)."""
     trials = study.get_trials(deepcopy=False)

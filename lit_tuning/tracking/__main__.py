@@ -1,43 +1,8 @@
 """`python -m lit_tuning.tracking verify`: check runs from their directories and from the trackers; exit 1 if wrong."""
 
-from __future__ import annotations
-
-import argparse
 import sys
-from pathlib import Path
 
-from lit_tuning.paths import RESULTS_ROOT, RUNS_ROOT
-from lit_tuning.tracking.settings import TrackingSettings
-from lit_tuning.tracking.verify import format_table
-from lit_tuning.tracking.verify_trackers import check_both_sides
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run the verify command; return the exit status."""
-    parser = argparse.ArgumentParser(prog="python -m lit_tuning.tracking", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-    verify = commands.add_parser("verify", help="check that MLflow and W&B agree with each run's own metrics")
-    verify.add_argument("--runs-root", type=Path, default=RUNS_ROOT, help="where run dirs are")
-    verify.add_argument("--study", default=None, help="only the trials of this study")
-    verify.add_argument("--metric", default=None, help="final metric to compare (default: each run's own)")
-    verify.add_argument(
-        "--tracking-root", type=Path, default=RESULTS_ROOT, help="local stores to search too (mlflow.db, wandb/)"
-    )
-    verify.add_argument("--mlflow-uri", default=None, help="MLflow store or server to search too")
-    verify.add_argument("--mlflow-experiment", default=TrackingSettings.mlflow_experiment, help="MLflow experiment")
-    args = parser.parse_args(argv)
-    settings = TrackingSettings(
-        root=str(args.tracking_root), mlflow_tracking_uri=args.mlflow_uri, mlflow_experiment=args.mlflow_experiment
-    )
-    checks = check_both_sides(args.runs_root, settings, study=args.study, metric=args.metric)
-    if not checks:
-        print(f"no tracked runs under {args.runs_root}" + (f" for study {args.study!r}" if args.study else ""))
-        return 1
-    print(format_table(checks))
-    failed = [c for c in checks if c.problems]
-    print(f"\n{len(checks)} runs checked, {len(failed)} with problems")
-    return 1 if failed else 0
-
+from lit_tuning.tracking.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -15,6 +15,7 @@ from lightning.pytorch.loggers.logger import Logger
 from wandb.sdk.lib.runid import generate_id  # the id wandb.init would pick
 
 from lit_tuning.files import atomic_write
+from lit_tuning.mappings import flatten
 from lit_tuning.tracking.mlflow_tracker import MLflowTracker
 from lit_tuning.tracking.outcome import Outcome
 from lit_tuning.tracking.settings import TRACKING_RECORD, TrackingSettings
@@ -132,18 +133,6 @@ def describe_device(accelerator: str) -> str:
     if accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available():
         return f"cuda:{torch.cuda.get_device_name(0)}"
     return "cpu"
-
-
-def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Flatten nested mappings into dotted keys: {"model": {"lora_r": 8}} -> {"model.lora_r": 8}."""
-    flat: dict[str, Any] = {}
-    for key, value in config.items():
-        dotted = f"{prefix}{key}"
-        if isinstance(value, Mapping) and value:
-            flat.update(flatten(value, f"{dotted}."))
-        else:
-            flat[dotted] = value
-    return flat
 
 
 class TrackingCallback(pl.Callback):

@@ -18,9 +18,12 @@ from lightning.pytorch.utilities import rank_zero_only
 from lit_tuning.paths import RUNS_ROOT, SAFE_NAME
 from lit_tuning.tracking import TrackingCallback, TrackingSettings, build_trackers, close_open_trackers
 from lit_tuning.train.base_model import check_model_reference
+from lit_tuning.train.checks import check_fit_config
 from lit_tuning.train.data import SpellingDataModule
 from lit_tuning.train.metrics import PRIMARY_METRIC
 from lit_tuning.train.module import LoRAModule
+from lit_tuning.train.problems import ArgumentProblem
+from lit_tuning.train.yaml_files import PARSER_MODE, file_problem, load_yaml
 
 KEY_IN_ERROR = re.compile(r'Parser key "([^"]+)"|accept option \'([^\']+)\'|unrecognized arguments: --(\S+)')
 UNKNOWN_KEY = re.compile(r"accept option '([^']+)'|unrecognized arguments: --(\S+)")
@@ -32,7 +35,10 @@ class LitTuningParser(LightningArgumentParser):
     argv: ClassVar[list[str]] = []  # the arguments of the current invocation, set by cli_main
 
     def error(self, message: str, ex: Exception | None = None) -> NoReturn:
-        """Exit with the message plus where the offending key came from."""
+        """Exit with the message plus where the offending key came from; a broken config file is named alone."""
+        problem = next(filter(None, map(file_problem, config_files(self.argv))), None)
+        if problem:
+            super().error(problem, ex)
         super().error(message + describe_key_sources(message, self.argv) + self._allowed_keys_hint(message), ex)
 
     def _allowed_keys_hint(self, message: str) -> str:
@@ -76,11 +82,15 @@ class LitTuningCLI(LightningCLI):
         parser.set_defaults({"trainer.default_root_dir": RUNS_ROOT.as_posix()})
 
     def before_instantiate_classes(self) -> None:
-        """Refuse a model reference that cannot load or a run directory that exists, before anything is written."""
+        """Refuse values that cannot work or a run directory that exists, before anything is built or written."""
         config = self.config[self.subcommand]
         error = check_model_reference(config.model.model_name_or_path)
         if error:
             self.parser.error(f'Parser key "model.model_name_or_path": {error}')
+        try:
+            check_fit_config(config)
+        except ArgumentProblem as problem:
+            self.parser.error(str(problem))
         if config.run_name is not None and not SAFE_NAME.fullmatch(config.run_name):
             self.parser.error(
                 f'Parser key "run_name": {config.run_name!r} is not a safe directory name; '
@@ -91,6 +101,13 @@ class LitTuningCLI(LightningCLI):
             self.parser.error(
                 f'Parser key "run_name": run directory {self.run_dir} already holds a run; choose another run_name'
             )
+
+    def instantiate_classes(self) -> None:
+        """Build model, data and trainer; a value the classes refuse exits like a parser error (no traceback)."""
+        try:
+            super().instantiate_classes()
+        except ArgumentProblem as problem:
+            self.parser.error(str(problem))
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         """Point the trainer at this invocation's run directory and attach the CSV, MLflow and W&B loggers."""
@@ -161,21 +178,20 @@ def config_files(argv: list[str]) -> list[str]:
 
 
 def describe_key_sources(message: str, argv: list[str]) -> str:
-    """Explain where the key named in a parser error message was set, and which config files are not valid YAML."""
+    """Explain where the key named in a parser error message was set: which config files, or the command line."""
     lines = []
     match = KEY_IN_ERROR.search(message)
     key = match and next(group for group in match.groups() if group)
+    if not key:
+        return ""
     for path in config_files(argv):
         try:
-            document = yaml.safe_load(Path(path).read_text())
-        except OSError:
-            continue  # the parser reports missing files itself
-        except yaml.YAMLError as error:
-            lines.append(f"config file {path} is not valid YAML: {error}".replace("\n", " "))
-            continue
-        if key and _has_dotted_key(document, key):
+            document = load_yaml(Path(path).read_text())
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            continue  # error() names broken files on their own; the parser reports missing ones
+        if _has_dotted_key(document, key):
             lines.append(f'"{key}" is set in config file {path}')
-    if key and any(arg == f"--{key}" or arg.startswith(f"--{key}=") for arg in argv):
+    if any(arg == f"--{key}" or arg.startswith(f"--{key}=") for arg in argv):
         lines.append(f'"{key}" is set on the command line')
     return "".join(f"\n  {line}" for line in lines)
 
@@ -224,6 +240,6 @@ def cli_kwargs() -> dict[str, Any]:
         "seed_everything_default": 42,
         "save_config_kwargs": {"overwrite": False},
         "auto_configure_optimizers": False,
-        "parser_kwargs": {"parser_mode": "yaml"},
+        "parser_kwargs": {"parser_mode": PARSER_MODE},
         "parser_class": LitTuningParser,
     }

@@ -17,6 +17,7 @@ from lit_tuning.train import warm
 from lit_tuning.train.base_model import resolve_model_path
 from lit_tuning.train.batching import pad_right
 from lit_tuning.train.metrics import best_constant_per_position_accuracy, chance_accuracy
+from lit_tuning.train.problems import ArgumentProblem
 from lit_tuning.train.words import ALPHABET, load_words
 
 DEFAULT_PROMPT = "What is letter {position} of {word}? Answer:"
@@ -34,17 +35,62 @@ class WordSplit:
 def split_words(words: tuple[str, ...], val_fraction: float, test_fraction: float, seed: int) -> WordSplit:
     """Shuffle words with a seed and cut them into disjoint train/val/test lists."""
     if val_fraction + test_fraction >= 1:
-        raise ValueError(f"val_fraction + test_fraction must be < 1, got {val_fraction} + {test_fraction}")
+        raise ArgumentProblem(
+            "data.val_fraction",
+            f"val_fraction + test_fraction = {val_fraction} + {test_fraction}; allowed: a sum below 1",
+        )
     shuffled = sorted(set(words))
     random.Random(seed).shuffle(shuffled)
     n_val, n_test = round(len(shuffled) * val_fraction), round(len(shuffled) * test_fraction)
-    if n_val == 0 or n_test == 0 or n_val + n_test >= len(shuffled):
-        raise ValueError(f"{len(shuffled)} words are too few for val_fraction={val_fraction}, test={test_fraction}")
+    for key, count, fraction in (
+        ("data.val_fraction", n_val, val_fraction),
+        ("data.test_fraction", n_test, test_fraction),
+    ):
+        if count == 0:
+            raise ArgumentProblem(
+                key, f"{fraction} of {len(shuffled)} words is no word; allowed: a share that holds at least one word"
+            )
+    if n_val + n_test >= len(shuffled):
+        raise ArgumentProblem(
+            "data.val_fraction",
+            f"{n_val} validation + {n_test} test words leave none of {len(shuffled)} to train on; "
+            "allowed: smaller fractions or more data.num_words",
+        )
     return WordSplit(
         train=tuple(shuffled[n_val + n_test :]),
         val=tuple(shuffled[:n_val]),
         test=tuple(shuffled[n_val : n_val + n_test]),
     )
+
+
+def check_prompt(prompt: str) -> None:
+    """Refuse a question template that lacks {position} or {word} or that str.format cannot fill."""
+    if "{position}" not in prompt or "{word}" not in prompt:
+        raise ArgumentProblem("data.prompt", f"{prompt!r} lacks {{position}} or {{word}}; allowed: a text with both")
+    try:
+        prompt.format(position=1, word="word")
+    except (KeyError, IndexError, ValueError) as error:
+        raise ArgumentProblem(
+            "data.prompt",
+            f"{prompt!r} cannot be filled ({type(error).__name__}: {error}); "
+            "allowed: only {position} and {word} as fields (write {{ and }} for literal braces)",
+        ) from None
+
+
+def word_split(
+    num_words: int, min_word_length: int, max_word_length: int, val_fraction: float, test_fraction: float, seed: int
+) -> WordSplit:
+    """Return the train/val/test split of the word list, or raise ArgumentProblem naming the key that cannot work."""
+    if min_word_length > max_word_length:
+        raise ArgumentProblem(
+            "data.min_word_length",
+            f"{min_word_length} is above data.max_word_length = {max_word_length}; allowed: min <= max",
+        )
+    try:
+        words = load_words(num_words, min_word_length, max_word_length)
+    except ValueError as error:  # wordfreq has too few words of these lengths
+        raise ArgumentProblem("data.num_words", f"{error}; allowed: fewer words or a wider length range") from None
+    return split_words(words, val_fraction, test_fraction, seed)
 
 
 class SpellingDataset(Dataset):
@@ -125,12 +171,9 @@ class SpellingDataModule(pl.LightningDataModule):
             prompt: question template with {position} (1-based) and {word}.
         """
         super().__init__()
-        if "{position}" not in prompt or "{word}" not in prompt:
-            raise ValueError(f"data.prompt must contain {{position}} and {{word}}, got {prompt!r}")
+        check_prompt(prompt)
         self.save_hyperparameters()
-        self.split = split_words(
-            load_words(num_words, min_word_length, max_word_length), val_fraction, test_fraction, split_seed
-        )
+        self.split = word_split(num_words, min_word_length, max_word_length, val_fraction, test_fraction, split_seed)
         self.tokenizer: PreTrainedTokenizerBase | None = None
         self.datasets: dict[str, SpellingDataset] = {}
 

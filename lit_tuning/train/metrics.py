@@ -25,6 +25,9 @@ class Metric:
 
 
 PRIMARY_METRIC = "val/letter_position_accuracy"
+# Scopes logged with self.log during fit, so they reach trainer.callback_metrics (what the pruning callback and the
+# objective read); test/* exist only after `test`, model/* go straight to the loggers.
+FIT_SCOPES = ("train", "val", "system")
 
 METRICS: dict[str, Metric] = {
     metric.name: metric
@@ -63,8 +66,8 @@ def get_metric(name: str) -> Metric:
 
 
 def objective_metrics() -> list[Metric]:
-    """Return the metrics that may serve as a tuning objective (those with a direction)."""
-    return [metric for metric in METRICS.values() if metric.direction is not None]
+    """Return the metrics that may serve as a tuning objective: those with a direction that a fit reports."""
+    return [m for m in METRICS.values() if m.direction is not None and m.name.split("/")[0] in FIT_SCOPES]
 
 
 def answer_accuracy_counts(logits: torch.Tensor, answer_ids: torch.Tensor) -> tuple[int, int]:

@@ -19,6 +19,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from lit_tuning.train import warm
 from lit_tuning.train.base_model import resolve_model_path
 from lit_tuning.train.metrics import answer_accuracy_counts
+from lit_tuning.train.problems import ArgumentProblem
 
 Dropout = restricted_number_type("Dropout", float, [(">=", 0), ("<", 1)], join="and")
 TorchDtype = Literal["auto", "float32", "bfloat16", "float16"]
@@ -57,6 +58,13 @@ class LoRAModule(pl.LightningModule):
             torch_dtype: dtype of the base weights (bfloat16 halves GPU memory of a real model).
             adapter_path: a saved PEFT adapter to start from (e.g. a finished run's ``adapter/``).
         """
+        check_module_arguments(
+            lora_alpha=lora_alpha,
+            learning_rate=learning_rate,
+            weight_decay=weight_decay,
+            target_modules=target_modules,
+            adapter_path=adapter_path,
+        )
         super().__init__()
         self.save_hyperparameters()
         # Checkpoints hold only the trainable (adapter) weights; the frozen base is reloaded from its source.
@@ -188,6 +196,29 @@ def supports_lean_logits(causal_lm: torch.nn.Module) -> bool:
     reshaped = any(getattr(config, key, None) for key in ("logit_scale", "final_logit_softcapping"))
     has_backbone = getattr(causal_lm, "base_model", causal_lm) is not causal_lm
     return has_backbone and causal_lm.get_output_embeddings() is not None and not reshaped
+
+
+def check_module_arguments(
+    *,
+    lora_alpha: float,
+    learning_rate: float,
+    weight_decay: float,
+    target_modules: list[str] | str,
+    adapter_path: str | None,
+) -> None:
+    """Refuse LoRAModule arguments that pass their types but cannot train, naming the model.* key."""
+    # The types accept inf (it is > 0) and an empty list; an infinite learning rate trains NaNs and "succeeds".
+    for key, value in (("lora_alpha", lora_alpha), ("learning_rate", learning_rate), ("weight_decay", weight_decay)):
+        if not math.isfinite(value):
+            raise ArgumentProblem(f"model.{key}", f"{value}; allowed: a finite number")
+    if isinstance(target_modules, list) and not target_modules:
+        raise ArgumentProblem("model.target_modules", "[]; allowed: a non-empty list of module names, or all-linear")
+    if adapter_path is not None and not (Path(adapter_path).expanduser() / "adapter_config.json").is_file():
+        raise ArgumentProblem(
+            "model.adapter_path",
+            f"{adapter_path!r} holds no adapter_config.json; allowed: a saved PEFT adapter directory "
+            "(a finished run's adapter/) or null",
+        )
 
 
 def lr_multiplier(schedule: Schedule, warmup_steps: int, total_steps: int) -> Callable[[int], float]:

@@ -1,0 +1,121 @@
+"""The one argument style of every `python -m` entry point: jsonargparse parsers, checked numbers, one-line errors."""
+
+from __future__ import annotations
+
+import math
+import sys
+from argparse import ArgumentError
+from collections.abc import Sequence
+from typing import Any, Literal, NoReturn, get_args, get_origin
+
+from jsonargparse import ArgumentParser, Namespace
+from jsonargparse.typing import restricted_number_type
+
+from lit_tuning.paths import DEFAULT_STORAGE
+
+# Numbers a command line accepts: bounded, so that NaN, infinity and absurd sizes are refused by the parser.
+Count = restricted_number_type("Count", int, [(">=", 1), ("<=", 1_000_000)], join="and")
+NonNegativeCount = restricted_number_type("NonNegativeCount", int, [(">=", 0), ("<=", 1_000_000)], join="and")
+Seconds = restricted_number_type("Seconds", float, [(">", 0), ("<", math.inf)], join="and")
+ALLOWED = {
+    Count: "an integer from 1 to 1,000,000",
+    NonNegativeCount: "an integer from 0 to 1,000,000",
+    Seconds: "a finite number of seconds > 0",
+}
+
+
+class CommandLineError(ValueError):
+    """A command line an entry point refuses; the message names the flag, the value and what is allowed."""
+
+
+def command_parser(prog: str, description: str | None) -> ArgumentParser:
+    """Return an entry point's parser: jsonargparse, raising instead of exiting, so `run_parser` can word the error."""
+    return ArgumentParser(prog=prog, description=description, exit_on_error=False, default_env=False)
+
+
+def add_study_options(parser: ArgumentParser, *, study_help: str) -> None:
+    """Add --storage and --study, the options every command that reads or runs a study shares."""
+    parser.add_argument("--study", type=str | None, default=None, help=study_help)
+    parser.add_argument("--storage", default=DEFAULT_STORAGE, help=f"Optuna storage URL (default {DEFAULT_STORAGE})")
+
+
+def parse(parser: ArgumentParser, argv: Sequence[str]) -> Namespace:
+    """Parse argv; raise CommandLineError with one line naming the flag and what it allows."""
+    try:
+        return parser.parse_args(list(argv))
+    except ArgumentError as error:
+        raise CommandLineError(describe(parser, argv, error)) from None
+
+
+def split_known(parser: ArgumentParser, argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Split argv into the parser's own options (with their values) and the rest, which a command passes on."""
+    arities = {flag: action.nargs for action in parser._actions for flag in action.option_strings}
+    own: list[str] = []
+    rest: list[str] = []
+    args = list(argv)
+    while args:
+        arg = args.pop(0)
+        flag = arg.partition("=")[0]
+        if flag not in arities:
+            rest.append(arg)
+            continue
+        own.append(arg)
+        if "=" not in arg and arities[flag] != 0 and args:  # store_true flags (nargs 0) take no value
+            own.append(args.pop(0))
+    return own, rest
+
+
+def parse_or_exit(parser: ArgumentParser, argv: Sequence[str]) -> Namespace:
+    """Parse argv, or print the one-line error and exit 2 (the status of every bad command line)."""
+    try:
+        return parse(parser, argv)
+    except CommandLineError as error:
+        fail(str(error))
+
+
+def fail(message: str) -> NoReturn:
+    """Print `error: message` to stderr and exit 2."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def describe(parser: ArgumentParser, argv: Sequence[str], error: ArgumentError) -> str:
+    """Word a parser error on one line: the flag as typed, the value given, and what the flag allows."""
+    message = str(error)
+    key = message.partition('Parser key "')[2].partition('"')[0]
+    if not key:
+        return f"{parser.prog}: {' '.join(line.strip() for line in message.splitlines())}"
+    action = next((a for a in _actions(parser) if a.dest.rpartition(".")[2] == key.rpartition(".")[2]), None)
+    flag = action.option_strings[-1] if action is not None and action.option_strings else f"--{key}"
+    value = _given(argv, flag)
+    allowed = _allowed(action)
+    return f"{parser.prog}: {flag} = {value!r}; allowed: {allowed}"
+
+
+def _actions(parser: ArgumentParser) -> list[Any]:
+    actions = list(parser._actions)
+    for action in parser._actions:
+        for sub in getattr(action, "_name_parser_map", {}).values():
+            actions += _actions(sub)
+    return actions
+
+
+def _given(argv: Sequence[str], flag: str) -> str | None:
+    for index, arg in enumerate(argv):
+        if arg == flag and index + 1 < len(argv):
+            return argv[index + 1]
+        if arg.startswith(flag + "="):
+            return arg.partition("=")[2]
+    return None
+
+
+def _allowed(action: Any) -> str:
+    kind = getattr(action, "_typehint", None) or getattr(action, "type", None)
+    for number_type, words in ALLOWED.items():
+        if kind is number_type or number_type in getattr(kind, "__args__", ()):
+            return words + (" (or omit it)" if type(None) in getattr(kind, "__args__", ()) else "")
+    if get_origin(kind) is Literal:
+        return ", ".join(map(str, get_args(kind)))
+    if getattr(action, "choices", None):
+        return ", ".join(map(str, action.choices))
+    return getattr(kind, "__name__", None) or str(kind)
