@@ -29,7 +29,7 @@ from lit_tuning.sweep.objective import TrialContext
 from lit_tuning.sweep.progress import status_table
 from lit_tuning.sweep.results import DEFAULT_TOP_K, ResultsFolderError, check_writable
 from lit_tuning.sweep.storage import DEFAULT_HEARTBEAT_S, StorageError, open_storage, silence_optuna
-from lit_tuning.sweep.study import Budget, StudyMismatchError, open_study
+from lit_tuning.sweep.study import StudyMismatchError, WorkerLimits, open_study
 from lit_tuning.sweep.trial_record import latest_study_name, load_study
 from lit_tuning.sweep.worker import work
 from lit_tuning.train.base_model import resolve_model_path
@@ -232,7 +232,7 @@ def run_worker(options: Namespace) -> int:
         devices_per_trial=options.devices_per_trial,
         storage_url=options.storage,
     )
-    limits = Budget(budget, deadline=options.deadline, max_failures=options.max_failures or budget)
+    limits = WorkerLimits(budget, deadline=options.deadline, max_failures=options.max_failures or budget)
     return work(study, storage, context, limits, options.threads)
 
 

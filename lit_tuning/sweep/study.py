@@ -22,8 +22,8 @@ class StudyMismatchError(ValueError):
 
 
 @dataclasses.dataclass(frozen=True)
-class Budget:
-    """How many trials the study may run in all (re-runs continue up to it), and when to stop starting new ones."""
+class WorkerLimits:
+    """When a worker stops taking trials: the study's trial budget is spent, a deadline passed, or too many failed."""
 
     n_trials: int
     deadline: float | None = None  # time.time() after which no new trial starts

@@ -23,21 +23,23 @@ from lit_tuning.experiment.search_space import ENUMERATED, SearchSpace
 from lit_tuning.experiment.strategies import make_sampler
 from lit_tuning.sweep.objective import INTERRUPT_REQUESTED, Objective, TrialContext
 from lit_tuning.sweep.storage import study_lock
-from lit_tuning.sweep.study import Budget, retried_numbers
+from lit_tuning.sweep.study import WorkerLimits, retried_numbers
 from lit_tuning.sweep.trial_record import BUDGETED
 from lit_tuning.train import warm
 
 log = logging.getLogger("lit_tuning.sweep")
 
 
-def next_trial(study: optuna.Study, storage: RDBStorage, space: SearchSpace, budget: Budget) -> optuna.Trial | None:
+def next_trial(
+    study: optuna.Study, storage: RDBStorage, space: SearchSpace, limits: WorkerLimits
+) -> optuna.Trial | None:
     """Return the next trial to run (a queued one first, else a newly sampled one), or None when the study is done.
 
     Decided and asked under the study lock, so N workers never start more trials than the budget.
     """
     with study_lock(storage, study.study_name):
         fail_stale_trials(study)  # a worker that stopped beating: fail its trial and queue the retry
-        if budget.deadline is not None and time.time() >= budget.deadline:
+        if limits.deadline is not None and time.time() >= limits.deadline:
             return None
         trials = study.get_trials(deepcopy=False)
         started = sum(trial.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING) for trial in trials)
@@ -45,13 +47,13 @@ def next_trial(study: optuna.Study, storage: RDBStorage, space: SearchSpace, bud
         retried = retried_numbers(trials)
         # A killed or interrupted trial that is being retried is not a failure of its config.
         failures = sum(trial.state == TrialState.FAIL and trial.number not in retried for trial in trials)
-        if started >= budget.n_trials:
+        if started >= limits.n_trials:
             return None
-        if budget.max_failures is not None and failures >= budget.max_failures:
-            log.error("stopping: %d trials failed (limit %d); see the trials' reasons", failures, budget.max_failures)
+        if limits.max_failures is not None and failures >= limits.max_failures:
+            log.error("stopping: %d trials failed (limit %d); see the trials' reasons", failures, limits.max_failures)
             return None
         budgeted = sum(trial.state in BUDGETED for trial in trials)
-        if not waiting and (space.strategy in ENUMERATED or budgeted >= budget.n_trials):
+        if not waiting and (space.strategy in ENUMERATED or budgeted >= limits.n_trials):
             return None
         if space.strategy not in ENUMERATED:
             # Seeded by the trial number: reproducible, and two workers never draw the same sequence
@@ -106,7 +108,9 @@ def run_trial(study: optuna.Study, storage: RDBStorage, trial: optuna.Trial, obj
     return TrialState.COMPLETE
 
 
-def work(study: optuna.Study, storage: RDBStorage, context: TrialContext, budget: Budget, threads: int | None) -> int:
+def work(
+    study: optuna.Study, storage: RDBStorage, context: TrialContext, limits: WorkerLimits, threads: int | None
+) -> int:
     """Run trials until the study is done, the deadline passes, or Ctrl-C; return the process exit code."""
     if threads:
         torch.set_num_threads(threads)
@@ -114,7 +118,7 @@ def work(study: optuna.Study, storage: RDBStorage, context: TrialContext, budget
     warm.enable()  # trials of one base model share its frozen weights, tokenizer and splits in this process
     objective = Objective(context)
     try:
-        while (trial := next_trial(study, storage, context.space, budget)) is not None:
+        while (trial := next_trial(study, storage, context.space, limits)) is not None:
             log.info("%s: trial %d starts", context.worker, trial.number)
             state = run_trial(study, storage, trial, objective)
             log.info("%s: trial %d %s", context.worker, trial.number, state.name)
