@@ -37,8 +37,8 @@ def printed_config(capsys: pytest.CaptureFixture[str], *args: str) -> dict:
 
 
 def test_later_files_win_and_overrides_win_over_files():
-    resolved = compose(Experiment((BASE, QUICK), {"trainer.max_steps": 7}))
-    assert resolved["trainer.max_steps"] == 7  # base says 1000, quick.yaml 60, the override 7
+    resolved = compose(Experiment((BASE, QUICK), {"trainer.max_steps": 40}))
+    assert resolved["trainer.max_steps"] == 40  # base says 1000, quick.yaml 60, the override 40
     assert resolved["trainer.val_check_interval"] == 20  # quick.yaml over base's 100
     assert resolved["model.lora_r"] == 16  # only base sets it
 

@@ -123,13 +123,16 @@ def apply_overrides(resolved: ResolvedConfig, overrides: dict[str, Any]) -> Reso
     return ResolvedConfig(resolved.experiment.with_overrides(overrides), namespace, sources)
 
 
-def check_config(namespace: Namespace) -> Namespace:
-    """Apply fit's own checks before it builds anything (as before_instantiate_classes does); return the config."""
+def check_config(namespace: Namespace, *, this_machine: bool = False) -> Namespace:
+    """Apply fit's own checks before it builds anything (as before_instantiate_classes does); return the config.
+
+    this_machine: also check the devices and paths of this machine (the sweep does: its trials run here).
+    """
     error = check_model_reference(namespace.model.model_name_or_path)
     if error:
         raise ConfigError(f'Parser key "model.model_name_or_path":\n  {error}')
     try:
-        check_fit_config(namespace)
+        check_fit_config(namespace, this_machine=this_machine)
     except ArgumentProblem as problem:
         raise ConfigError(f'Parser key "{problem.key}":\n  {problem.reason}') from None
     return namespace

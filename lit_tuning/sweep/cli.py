@@ -138,7 +138,7 @@ def check_fit_args(space: SearchSpace, plan: WorkerPlan, fit_args: list[str], gi
     `given` are the user's own arguments after --, the ones the error message names.
     """
     try:
-        check_config(parse_args([*plan.fit_args, *fit_args], space.resolved_base.namespace))
+        check_config(parse_args([*plan.fit_args, *fit_args], space.resolved_base.namespace), this_machine=True)
     except ConfigError as error:
         reason = " ".join(str(error).split())  # the parser's message spans lines; one line here
         raise ConfigError(f"`fit` arguments after -- {' '.join(given)}: {reason}") from None
@@ -176,11 +176,11 @@ def run_sweep(options: Namespace) -> int:
         devices_per_trial=options.devices_per_trial,
         model_bytes=model_bytes,
     )
-    check_writable(Path(options.results_root))
     fit_args = [f"--tracking.root={options.results_root}", *options.fit_args]  # the user's own args win
     if options.mlflow_uri:
         fit_args.append(f"--tracking.mlflow_tracking_uri={options.mlflow_uri}")
     check_fit_args(space, plans[0], fit_args, options.fit_args)
+    check_writable(Path(options.results_root))
     storage = open_storage(options.storage, options.heartbeat)
     study = open_study(space, name, storage, budget, accept_changed_space=options.continue_changed_space)
     deadline = time.time() + options.timeout if options.timeout else None
