@@ -126,7 +126,7 @@ def apply_overrides(resolved: ResolvedConfig, overrides: dict[str, Any]) -> Reso
 def check_config(namespace: Namespace, *, this_machine: bool = False) -> Namespace:
     """Apply fit's own checks before it builds anything (as before_instantiate_classes does); return the config.
 
-    this_machine: also check the devices and paths of this machine (the sweep does: its trials run here).
+    this_machine: also check this machine's accelerator and devices (the sweep does: its trials run here).
     """
     error = check_model_reference(namespace.model.model_name_or_path)
     if error:

@@ -23,14 +23,14 @@ CHECKPOINT_ALIASES = ("last", "best", "hpc", "registry")  # ckpt_path values Lig
 def check_fit_config(config: Namespace, *, this_machine: bool = True) -> None:
     """Raise ArgumentProblem for the first value of a parsed fit/validate/test config that cannot work.
 
-    this_machine=False leaves out what depends on where the run will happen (accelerators, devices, a checkpoint
-    path): a config composed here may be meant for a GPU machine.
+    this_machine=False leaves out what depends on the hardware the run will have (accelerator, devices): a config
+    composed here may be meant for a GPU machine.
     """
     check_finite(config)
     check_trainer(config.trainer)
     if this_machine:
         check_devices(config.trainer)
-    if this_machine and config.get("ckpt_path") is not None:
+    if config.get("ckpt_path") is not None:
         check_checkpoint(str(config.ckpt_path))
     model, data = config.model, config.data
     check_module_arguments(
