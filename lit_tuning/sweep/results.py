@@ -26,9 +26,9 @@ class ResultsFolderError(ValueError):
 
 def check_writable(root: Path) -> None:
     """Refuse a results root that cannot take a file, before the study or any tracker store is touched."""
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=root):
+    existing = next(folder for folder in (root, *root.absolute().parents) if folder.exists())
+    try:  # probe the folder itself, or the nearest one that exists: a refused command must leave nothing behind
+        with tempfile.TemporaryFile(dir=existing):
             pass
     except OSError as error:
         raise ResultsFolderError(
