@@ -9,7 +9,8 @@ from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel, Qwen2Config
 
 from lit_tuning.train.data import SpellingDataModule
 from lit_tuning.train.metrics import answer_accuracy_counts
-from lit_tuning.train.module import LoRAModule, lr_multiplier, supports_lean_logits
+from lit_tuning.train.module import LoRAModule, supports_lean_logits
+from lit_tuning.train.schedules import lr_multiplier
 
 
 def quick_trainer(root: Path, steps: int) -> pl.Trainer:
@@ -98,12 +99,17 @@ def test_saved_adapter_reloads_to_identical_predictions(micro_model_dir: Path, t
 
 
 @pytest.mark.parametrize(
-    ("schedule", "expected"),
-    [("constant", [0.5, 1.0, 1.0, 1.0]), ("linear", [0.5, 1.0, 0.5, 0.0]), ("cosine", [0.5, 1.0, 0.5, 0.0])],
+    ("schedule", "floor", "expected"),
+    [
+        ("constant", 0.0, [0.5, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]),
+        ("linear", 0.0, [0.5, 1.0, 0.75, 0.5, 0.25, 0.0, 0.0]),
+        ("cosine", 0.0, [0.5, 1.0, 0.853553, 0.5, 0.146447, 0.0, 0.0]),
+        ("cosine", 0.1, [0.5, 1.0, 0.868198, 0.55, 0.231802, 0.1, 0.1]),  # base-model pretraining's floor
+    ],
 )
-def test_lr_schedule_warms_up_then_decays(schedule: str, expected: list[float]):
-    multiplier = lr_multiplier(schedule, warmup_steps=1, total_steps=3)
-    assert [round(multiplier(step), 6) for step in (0, 1, 2, 3)] == expected
+def test_lr_schedule_warms_up_then_decays_to_its_floor(schedule: str, floor: float, expected: list[float]):
+    multiplier = lr_multiplier(schedule, warmup_steps=1, total_steps=5, floor=floor)
+    assert [round(multiplier(step), 6) for step in range(7)] == expected
 
 
 def full_answer_logits(module: LoRAModule, batch: dict[str, torch.Tensor]) -> torch.Tensor:

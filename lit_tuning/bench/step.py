@@ -30,7 +30,8 @@ def bare_loop_ms(model: str, steps: int, batch_size: int) -> float:
     import lightning.pytorch as pl
 
     from lit_tuning.train.data import SpellingDataModule
-    from lit_tuning.train.module import LoRAModule, lr_multiplier
+    from lit_tuning.train.module import LoRAModule
+    from lit_tuning.train.schedules import lr_multiplier
 
     pl.seed_everything(42)
     module = LoRAModule(model_name_or_path=model)  # the defaults of configs/base.yaml

@@ -6,7 +6,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import math
 import os
 import random
 import shutil
@@ -21,13 +20,14 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from lit_tuning.files import file_lock
 from lit_tuning.train.batching import pad_right
+from lit_tuning.train.schedules import lr_multiplier
 from lit_tuning.train.words import ALPHABET, load_words, zipf_frequency
 
 log = logging.getLogger(__name__)
 
 EMBEDDED_PREFIX = "embedded:"
 # Bump when the build code changes what a recipe produces, so cached models are rebuilt.
-BUILD_CODE_VERSION = 1
+BUILD_CODE_VERSION = 2
 SPECIAL_TOKENS = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>"}
 
 
@@ -207,14 +207,8 @@ def _pretrain(
     model: LlamaForCausalLM, lines: list[list[int]], recipe: BaseModelRecipe, pad_id: int, rng: random.Random
 ) -> float:
     optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.learning_rate, weight_decay=0.0)
-    warmup = max(1, recipe.pretrain_steps // 20)
-
-    def schedule(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(1, recipe.pretrain_steps - warmup)
-        return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress))
-
+    # Decays to 5 % of the peak rather than 0: the last steps still teach the rarest words.
+    schedule = lr_multiplier("cosine", max(1, recipe.pretrain_steps // 20), recipe.pretrain_steps, floor=0.05)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     model.train()
     loss_value = float("nan")

@@ -6,7 +6,6 @@ import math
 import resource
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,10 +19,10 @@ from lit_tuning.train import warm
 from lit_tuning.train.base_model import resolve_model_path
 from lit_tuning.train.metrics import answer_accuracy_counts
 from lit_tuning.train.problems import ArgumentProblem
+from lit_tuning.train.schedules import Schedule, lr_multiplier
 
 Dropout = restricted_number_type("Dropout", float, [(">=", 0), ("<", 1)], join="and")
 TorchDtype = Literal["auto", "float32", "bfloat16", "float16"]
-Schedule = Literal["constant", "linear", "cosine"]
 
 
 class LoRAModule(pl.LightningModule):
@@ -219,20 +218,6 @@ def check_module_arguments(
             f"{adapter_path!r} holds no adapter_config.json; allowed: a saved PEFT adapter directory "
             "(a finished run's adapter/) or null",
         )
-
-
-def lr_multiplier(schedule: Schedule, warmup_steps: int, total_steps: int) -> Callable[[int], float]:
-    """Return step -> multiplier of the peak learning rate: linear warmup, then constant, linear or cosine decay."""
-
-    def multiplier(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / (warmup_steps + 1)
-        if schedule == "constant":
-            return 1.0
-        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-        return 1.0 - progress if schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
-
-    return multiplier
 
 
 def peak_memory_mb(device: torch.device) -> float:
