@@ -39,6 +39,11 @@ def add_study_options(parser: ArgumentParser, *, study_help: str) -> None:
     parser.add_argument("--storage", default=DEFAULT_STORAGE, help=f"Optuna storage URL (default {DEFAULT_STORAGE})")
 
 
+def listed(value: Any) -> list[Any]:
+    """Return a list flag's value as a list: flags typed `list[T] | T` take one value alone or several as [x,y]."""
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
 def parse(parser: ArgumentParser, argv: Sequence[str]) -> Namespace:
     """Parse argv; raise CommandLineError with one line naming the flag and what it allows."""
     try:
@@ -86,7 +91,8 @@ def describe(parser: ArgumentParser, argv: Sequence[str], error: ArgumentError) 
     if not key:
         return f"{parser.prog}: {' '.join(line.strip() for line in message.splitlines())}"
     action = next((a for a in _actions(parser) if a.dest.rpartition(".")[2] == key.rpartition(".")[2]), None)
-    flag = action.option_strings[-1] if action is not None and action.option_strings else f"--{key}"
+    flags = [flag for flag in getattr(action, "option_strings", ()) if not flag.endswith("+")]  # not list-append
+    flag = flags[-1] if flags else f"--{key}"
     value = _given(argv, flag)
     allowed = _allowed(action)
     return f"{parser.prog}: {flag} = {value!r}; allowed: {allowed}"
@@ -110,12 +116,17 @@ def _given(argv: Sequence[str], flag: str) -> str | None:
 
 
 def _allowed(action: Any) -> str:
-    kind = getattr(action, "_typehint", None) or getattr(action, "type", None)
+    if getattr(action, "choices", None):
+        return ", ".join(map(str, action.choices))
+    return _allowed_values(getattr(action, "_typehint", None) or getattr(action, "type", None))
+
+
+def _allowed_values(kind: Any) -> str:
+    if get_origin(kind) is list:
+        return f"a list like [x,y] of {_allowed_values(get_args(kind)[0])}"
     for number_type, words in ALLOWED.items():
         if kind is number_type or number_type in getattr(kind, "__args__", ()):
             return words + (" (or omit it)" if type(None) in getattr(kind, "__args__", ()) else "")
     if get_origin(kind) is Literal:
         return ", ".join(map(str, get_args(kind)))
-    if getattr(action, "choices", None):
-        return ", ".join(map(str, action.choices))
     return getattr(kind, "__name__", None) or str(kind)

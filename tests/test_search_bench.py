@@ -128,7 +128,9 @@ def test_benchmark_command_writes_the_figure_of_merit(tmp_path, capsys):
     path = tmp_path / "table.csv"
     table_frame(synthetic()).to_csv(path, index=False)
     names = ["oat", "grid+none", "random+sha", "brief200-top3"]
-    assert search.main([f"--table={path}", "--seeds=3", f"--out={tmp_path}", "--strategies", *names]) == 0
+    assert (
+        search.main([f"--table={path}", "--seeds=3", f"--out={tmp_path}", "--strategies", f"[{','.join(names)}]"]) == 0
+    )
     summary = pd.read_csv(tmp_path / "replay_summary.csv").set_index("strategy")
     assert summary.loc["oat", "median_steps"] == 6000 and summary.loc["oat", "reached"] == 1.0
     assert summary.loc["grid+none", "reached"] == 1.0 and summary.loc["grid+none", "median_steps"] % 1000 == 0

@@ -8,7 +8,6 @@ the study, the MLflow store and the run directories are checked. The figures go 
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
@@ -26,6 +25,7 @@ import psutil
 import yaml
 
 from lit_tuning.bench.chaos_checks import check, passed
+from lit_tuning.commands import Count, NonNegativeCount, command_parser, parse_or_exit
 from lit_tuning.files import atomic_write
 from lit_tuning.paths import BENCH_ROOT, data_dir, sqlite_file
 from lit_tuning.tracking.settings import TrackingSettings
@@ -266,23 +266,22 @@ MOMENTS = {
 
 def main(argv: list[str] | None = None) -> int:
     """Run the chaos study and write chaos.json; exit 1 when any check fails."""
-    parser = argparse.ArgumentParser(prog="python -m lit_tuning.bench.chaos", description=__doc__)
-    parser.add_argument("--kills", type=int, default=20, help="SIGKILLs before the study is run to its end")
-    parser.add_argument("--trials", type=int, default=24, help="the study's budget (enough to outlast the kills)")
-    parser.add_argument("--steps", type=int, default=40, help="training steps of every trial")
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--seed", type=int, default=0, help="chooses the kill moments and targets")
+    parser = command_parser("python -m lit_tuning.bench.chaos", __doc__)
+    parser.add_argument("--kills", type=Count, default=20, help="SIGKILLs before the study is run to its end")
+    parser.add_argument("--trials", type=Count, default=24, help="the study's budget (enough to outlast the kills)")
+    parser.add_argument("--steps", type=Count, default=40, help="training steps of every trial")
+    parser.add_argument("--workers", type=Count, default=2)
+    parser.add_argument("--seed", type=NonNegativeCount, default=0, help="chooses the kill moments and targets")
     parser.add_argument(
         "--spare-first-start",
         action="store_true",
         help="let the first start-up create the tracker stores before the first kill (default: kill it)",
     )
     parser.add_argument("--out", type=Path, default=BENCH_ROOT, help="folder of chaos.json")
-    parser.add_argument("--work", type=Path, help="work folder (default: a new temporary folder, kept)")
-    args = parser.parse_args(argv)
-    for name in ("kills", "trials", "steps", "workers"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name} {getattr(args, name)}; allowed: an integer >= 1")
+    parser.add_argument(
+        "--work", type=Path | None, default=None, help="work folder (default: a new temporary folder, kept)"
+    )
+    args = parse_or_exit(parser, sys.argv[1:] if argv is None else argv)
     work = args.work or Path(tempfile.mkdtemp(prefix="lit_tuning-chaos-"))
     work.mkdir(parents=True, exist_ok=True)
     chaos = Chaos(work, chaos_space(work, args.trials, args.steps, args.seed), workers=args.workers, seed=args.seed)

@@ -69,7 +69,8 @@ def attempt_steps(trial: optuna.trial.FrozenTrial) -> int:
         history = MlflowClient(uri).get_metric_history(run_id, "train/loss")
     except Exception:  # a store the kills broke: count no steps rather than stop the harness
         return 0
-    return max((point.step for point in history), default=start) - start
+    # Lightning logs step k's loss before the optimizer step that makes it k + 1 completed steps.
+    return max((point.step + 1 for point in history), default=start) - start
 
 
 def mlflow_running(work: Path) -> list[str]:

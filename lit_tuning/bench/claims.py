@@ -17,6 +17,7 @@ from lit_tuning.analysis.narrowing import narrowed_space, write_space
 from lit_tuning.bench.curves import CurveTable
 from lit_tuning.bench.replay import Replay, Strategy
 from lit_tuning.bench.search_table import STAGES, open_table, table_parser
+from lit_tuning.commands import parse_or_exit
 from lit_tuning.experiment.config import read_yaml
 from lit_tuning.experiment.search_space import same_value
 from lit_tuning.files import atomic_write
@@ -122,7 +123,9 @@ def _keeps(proposal: dict, key: str, value: object) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     """Print and write the three checks for the recorded table."""
-    args = table_parser(__doc__).parse_args(argv)
+    args = parse_or_exit(
+        table_parser("python -m lit_tuning.bench.claims", __doc__), sys.argv[1:] if argv is None else argv
+    )
     table = open_table(args)
     if table is None:
         return 2

@@ -13,20 +13,23 @@ step applies at the answer position only.
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from argparse import SUPPRESS
 from pathlib import Path
+from typing import Literal
 
 import optuna
 import pandas as pd
 import torch
 import yaml
+from jsonargparse.typing import PositiveFloat
 
+from lit_tuning.commands import command_parser, listed, parse_or_exit
 from lit_tuning.paths import BASE_CONFIG, BENCH_ROOT, SPACES_DIR
 from lit_tuning.train.shaped_models import SHAPES, SMOKE_SHRINK, ensure_shaped_model, shaped_config
 
@@ -190,13 +193,23 @@ def measure_model(shape: str, *, root: Path, peak: float | None, quick: bool, cp
 
 def main(argv: list[str] | None = None) -> int:
     """Run the check on this machine's GPUs, or say there are none and exit 0."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=list(SHAPES), choices=list(SHAPES))
-    parser.add_argument("--peak-tflops", type=float, help="the GPU's dense bf16 peak (default: from its name)")
+    parser = command_parser("python -m lit_tuning.bench.gpu_check", __doc__)
+    parser.add_argument(
+        "--models",
+        type=list[Literal[tuple(SHAPES)]] | Literal[tuple(SHAPES)],
+        default=list(SHAPES),
+        help="model shapes",
+    )
+    parser.add_argument(
+        "--peak-tflops",
+        type=PositiveFloat | None,
+        default=None,
+        help="the GPU's dense bf16 peak (default: from its name)",
+    )
     parser.add_argument("--out", type=Path, default=BENCH_ROOT)
     parser.add_argument("--quick", action="store_true", help="one packing, for a first look")
-    parser.add_argument("--cpu-smoke", action="store_true", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+    parser.add_argument("--cpu-smoke", action="store_true", help=SUPPRESS)
+    args = parse_or_exit(parser, sys.argv[1:] if argv is None else argv)
     message = no_gpu_message()
     if message and not args.cpu_smoke:
         print(message)
@@ -206,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(tempfile.mkdtemp(prefix="lit_tuning-gpu-check-"))
     rows = [
         row
-        for shape in args.models
+        for shape in listed(args.models)
         for row in measure_model(shape, root=root, peak=peak, quick=args.quick, cpu_smoke=args.cpu_smoke)
     ]
     table = pd.DataFrame(rows)

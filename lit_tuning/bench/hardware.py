@@ -9,13 +9,14 @@ Timings mean something only on a quiet machine: run it alone. `--quick` is a smo
 
 from __future__ import annotations
 
-import argparse
+import sys
 import tempfile
 from pathlib import Path
 
 import pandas as pd
 
 from lit_tuning.bench import step, sweep, warm
+from lit_tuning.commands import command_parser, parse_or_exit
 from lit_tuning.paths import BENCH_ROOT
 
 FULL = {"model": "embedded:tiny", "steps": 200, "repeats": 2, "trials": 20, "cold_trials": 3, "sweep_trials": 4}
@@ -108,10 +109,10 @@ def draw(table: pd.DataFrame, path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Run every comparison and write the table, each comparison's rows and the figure."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = command_parser("python -m lit_tuning.bench.hardware", __doc__)
     parser.add_argument("--quick", action="store_true", help="micro model, few steps and trials: a smoke run")
     parser.add_argument("--out", type=Path, default=BENCH_ROOT)
-    args = parser.parse_args(argv)
+    args = parse_or_exit(parser, sys.argv[1:] if argv is None else argv)
     table, parts = collect(QUICK if args.quick else FULL, args.quick)
     args.out.mkdir(parents=True, exist_ok=True)
     table.to_csv(args.out / "hardware.csv", index=False)

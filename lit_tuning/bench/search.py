@@ -13,6 +13,7 @@ import pandas as pd
 from lit_tuning.bench.curves import CurveTable
 from lit_tuning.bench.replay import Event, Replay, Strategy
 from lit_tuning.bench.search_table import open_table, table_parser
+from lit_tuning.commands import Count, listed, parse_or_exit
 from lit_tuning.files import atomic_write
 
 SAMPLING = ("random", "tpe", "gp", "qmc", "cmaes")
@@ -121,14 +122,16 @@ def draw(curves: pd.DataFrame, table: CurveTable, names: list[str], path: Path) 
 
 def main(argv: list[str] | None = None) -> int:
     """Replay every strategy on the table; write the summary, the curves and their figure beside the table."""
-    parser = table_parser(__doc__)
-    parser.add_argument("--seeds", type=int, default=30, help="replay seeds per strategy (default 30)")
-    parser.add_argument("--strategies", nargs="*", help="names to replay (default: all)")
-    args = parser.parse_args(argv)
+    parser = table_parser("python -m lit_tuning.bench.search", __doc__)
+    parser.add_argument("--seeds", type=Count, default=30, help="replay seeds per strategy (default 30)")
+    parser.add_argument(
+        "--strategies", type=list[str] | str | None, default=None, help="names to replay, as [a,b] (default: all)"
+    )
+    args = parse_or_exit(parser, sys.argv[1:] if argv is None else argv)
     table = open_table(args)
     if table is None:
         return 2
-    chosen = [s for s in strategies() if not args.strategies or s.name in args.strategies]
+    chosen = [s for s in strategies() if not args.strategies or s.name in listed(args.strategies)]
     warnings.filterwarnings("ignore", category=UserWarning, module="optuna")  # experimental-sampler notices
     budget = table.full_steps()
     events = replay_all(table, chosen, args.seeds, budget)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import subprocess
 import sys
 from pathlib import Path
@@ -11,8 +10,10 @@ import numpy as np
 import optuna
 import pandas as pd
 import yaml
+from jsonargparse import ArgumentParser, Namespace
 
 from lit_tuning.bench.curves import CurveTable, from_frame
+from lit_tuning.commands import command_parser, listed, parse_or_exit
 from lit_tuning.experiment.search_space import SearchSpace, SearchSpaceError, load_search_space
 from lit_tuning.files import atomic_write
 from lit_tuning.paths import RESULTS_ROOT
@@ -74,19 +75,21 @@ def load_table(path: Path, where: list[str]) -> CurveTable:
     return from_frame(frame, CONFIG_KEYS, seed_key=SEED_KEY)
 
 
-def table_parser(description: str | None) -> argparse.ArgumentParser:
+def table_parser(prog: str, description: str | None) -> ArgumentParser:
     """The options every reader of the table shares: which table, which slice of it, where results go."""
-    parser = argparse.ArgumentParser(description=description)
+    parser = command_parser(prog, description)
     parser.add_argument("--table", type=Path, default=TABLE, help=f"recorded table (default {TABLE})")
-    parser.add_argument("--where", nargs="*", default=[], help="keep a slice, e.g. data.batch_size=64")
+    parser.add_argument(
+        "--where", type=list[str] | str, default=[], help="keep a slice: data.batch_size=64, or several as [a=1,b=2]"
+    )
     parser.add_argument("--out", type=Path, default=BENCH_DIR, help=f"where the CSVs go (default {BENCH_DIR})")
     return parser
 
 
-def open_table(args: argparse.Namespace) -> CurveTable | None:
+def open_table(args: Namespace) -> CurveTable | None:
     """Load the table the options name; on bad input print one line naming the file and return None."""
     try:
-        return load_table(args.table, args.where)
+        return load_table(args.table, listed(args.where))
     except (OSError, ValueError) as error:
         print(f"{args.table}: {error}", file=sys.stderr)
         return None
@@ -94,16 +97,16 @@ def open_table(args: argparse.Namespace) -> CurveTable | None:
 
 def main(argv: list[str] | None = None) -> int:
     """Record every stage in order (resuming a stopped one), rewriting the table after each; or only export."""
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--stages", type=Path, nargs="+", default=list(STAGES), help="stage search spaces, in order")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    own, fit_args = (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [])
+    parser = command_parser("python -m lit_tuning.bench.search_table", __doc__)
+    parser.add_argument("--stages", type=list[Path] | Path, default=list(STAGES), help="stage search spaces, in order")
     parser.add_argument("--storage", default=RECORD_STORAGE, help=f"Optuna storage (default {RECORD_STORAGE})")
     parser.add_argument("--root", type=Path, default=RECORD_ROOT, help="run directories and tracker stores")
     parser.add_argument("--out", type=Path, default=TABLE, help=f"the table CSV (default {TABLE})")
     parser.add_argument("--export-only", action="store_true", help="write the table from what is recorded so far")
-    parser.add_argument("fit_args", nargs=argparse.REMAINDER, help="after --: extra `fit` arguments")
-    args = parser.parse_args(argv)
-    stages = tuple(args.stages)
-    fit_args = [arg for arg in args.fit_args if arg != "--"]
+    args = parse_or_exit(parser, own)  # what follows `--` is passed to every `fit`
+    stages = tuple(listed(args.stages))
     try:
         for path in stages:  # every stage is checked before the first one trains
             load_search_space(path)

@@ -8,7 +8,6 @@ that a slow spell of the machine hits both alike.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -16,10 +15,12 @@ import subprocess
 import sys
 import tempfile
 import time
+from argparse import SUPPRESS
 from pathlib import Path
 
 import torch
 
+from lit_tuning.commands import Count, command_parser, listed, parse_or_exit
 from lit_tuning.paths import BASE_CONFIG
 
 SKIP_STEPS = 20  # as bench.tracking.StepTimer: the first steps warm up allocators and caches
@@ -111,20 +112,24 @@ def compare(*, model: str, steps: int, batch_size: int, threads: list[int], repe
 
 def main(argv: list[str] | None = None) -> None:
     """Print the fit-vs-bare comparison (`--bare-once`: measure the bare loop once, in this process)."""
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--bare-once", action="store_true", help=argparse.SUPPRESS)
+    parser = command_parser("python -m lit_tuning.bench.step", __doc__)
+    parser.add_argument("--bare-once", action="store_true", help=SUPPRESS)
     parser.add_argument("--model", default="embedded:tiny")
-    parser.add_argument("--steps", type=int, default=200)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--repeats", type=int, default=2)
-    args = parser.parse_args(argv)
+    parser.add_argument("--steps", type=Count, default=200)
+    parser.add_argument("--batch-size", type=Count, default=64)
+    parser.add_argument("--threads", type=list[Count] | Count, default=[1, 2], help="thread counts, e.g. [1,2]")
+    parser.add_argument("--repeats", type=Count, default=2)
+    args = parse_or_exit(parser, sys.argv[1:] if argv is None else argv)
     if args.bare_once:
         torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
         print(bare_loop_ms(args.model, args.steps, args.batch_size))
         return
     rows = compare(
-        model=args.model, steps=args.steps, batch_size=args.batch_size, threads=args.threads, repeats=args.repeats
+        model=args.model,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        threads=listed(args.threads),
+        repeats=args.repeats,
     )
     for row in rows:
         print(row)

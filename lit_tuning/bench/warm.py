@@ -8,7 +8,6 @@ after each trial shows whether a long-lived worker's memory grows without bound.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import resource
@@ -17,8 +16,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from argparse import SUPPRESS
 from pathlib import Path
+from typing import Literal
 
+from lit_tuning.commands import Count, command_parser, parse_or_exit
 from lit_tuning.paths import BASE_CONFIG
 
 SHAPE = "smollm2-135m"
@@ -97,15 +99,15 @@ def compare(*, trials: int, cold_trials: int, quick: bool, threads: int) -> tupl
 
 def main(argv: list[str] | None = None) -> None:
     """`--once warm|cold` runs the trials in this process and prints them as JSON; else print the comparison."""
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--once", choices=["warm", "cold"], help=argparse.SUPPRESS)
-    parser.add_argument("--model-dir", help=argparse.SUPPRESS)
-    parser.add_argument("--root", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--trials", type=int, default=20)
-    parser.add_argument("--cold-trials", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=1)
+    parser = command_parser("python -m lit_tuning.bench.warm", __doc__)
+    parser.add_argument("--once", type=Literal["warm", "cold"] | None, default=None, help=SUPPRESS)
+    parser.add_argument("--model-dir", type=str | None, default=None, help=SUPPRESS)
+    parser.add_argument("--root", type=Path | None, default=None, help=SUPPRESS)
+    parser.add_argument("--trials", type=Count, default=20)
+    parser.add_argument("--cold-trials", type=Count, default=3)
+    parser.add_argument("--threads", type=Count, default=1)
     parser.add_argument("--quick", action="store_true", help="a shrunken model and few trials: a smoke run")
-    args = parser.parse_args(argv)
+    args = parse_or_exit(parser, sys.argv[1:] if argv is None else argv)
     if args.once:
         print(json.dumps(run_trials(args.model_dir, args.trials, args.once == "warm", args.root)))
         return

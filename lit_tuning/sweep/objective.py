@@ -87,8 +87,7 @@ class Objective:
 
     def __call__(self, trial: optuna.Trial) -> float:
         """Run the trial's `fit`; record its facts as user attributes; raise TrialPruned or the failure."""
-        space, context = self.context.space, self.context
-        overrides = suggest(trial, space)
+        context = self.context
         run_dir = trial_dir(context.runs_root, context.study_name, trial.number)
         retry_of, checkpoint, resume_note = self.resume_point(trial)
         self.record(
@@ -103,9 +102,19 @@ class Objective:
             resume_note=resume_note,
             reason=None,
         )
+        value = self.run_fit(trial, self.fit_command(trial, run_dir, checkpoint), run_dir)
+        if value is None or not math.isfinite(float(value)):
+            reason = f"{context.space.metric} is {value} at the end of training"
+            self.record(trial, reason=reason)
+            raise optuna.TrialPruned(reason)
+        return float(value)
+
+    def fit_command(self, trial: optuna.Trial, run_dir: Path, checkpoint: Path | None) -> list[str]:
+        """Return the `fit` arguments of a trial: the space's base config, its sampled values, run naming."""
+        space, context = self.context.space, self.context
         args = [
             "fit",
-            *space.base.with_overrides(overrides).cli_args(),
+            *space.base.with_overrides(suggest(trial, space)).cli_args(),
             f"--run_name={run_dir.name}",
             f"--trainer.default_root_dir={run_dir.parent}",
             f"--tracking.study={context.study_name}",
@@ -113,16 +122,18 @@ class Objective:
             f"--tracking.sampler={space.strategy}",
             *context.fit_args,
         ]
-        if checkpoint is not None:
-            args.append(f"--ckpt_path={checkpoint}")
+        return [*args, f"--ckpt_path={checkpoint}"] if checkpoint is not None else args
+
+    def run_fit(self, trial: optuna.Trial, args: list[str], run_dir: Path) -> Any:
+        """Run `fit` in this process (or as DDP ranks); record why it stopped early; return its final metric."""
+        metric = self.context.space.metric
         facts = TrialFacts(trial, run_dir)
         started = time.monotonic()
         try:
-            if context.devices_per_trial > 1:
-                value = self.fit_across_devices(trial, args, run_dir)
-            else:
-                cli = cli_main(args, callbacks=[StepPruningCallback(trial, monitor=space.metric), facts])
-                value = cli.trainer.callback_metrics.get(space.metric)
+            if self.context.devices_per_trial > 1:
+                return self.fit_across_devices(trial, args, run_dir)
+            cli = cli_main(args, callbacks=[StepPruningCallback(trial, monitor=metric), facts])
+            return cli.trainer.callback_metrics.get(metric)
         except optuna.TrialPruned as pruned:
             self.record(trial, reason=str(pruned))
             raise
@@ -142,13 +153,7 @@ class Objective:
             self.record(trial, reason=f"{type(error).__name__}: {error}")
             raise
         finally:
-            duration_s = round(time.monotonic() - started, 3)
-            self.record(trial, duration_s=duration_s, **facts.facts())
-        if value is None or not math.isfinite(float(value)):
-            reason = f"{space.metric} is {value} at the end of training"
-            self.record(trial, reason=reason)
-            raise optuna.TrialPruned(reason)
-        return float(value)
+            self.record(trial, duration_s=round(time.monotonic() - started, 3), **facts.facts())
 
     def fit_across_devices(self, trial: optuna.Trial, args: list[str], run_dir: Path) -> float | None:
         """Run a DDP trial as the `rank` command, whose ranks report through rank 0; return its final metric."""

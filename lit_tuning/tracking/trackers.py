@@ -42,54 +42,75 @@ def build_trackers(
     """
     name = settings.run_name(run_dir.name)
     tags = run_tags(settings, run_dir=run_dir, job_type=job_type, accelerator=accelerator)
-    trackers: list[Logger] = []
     record: dict[str, Any] = {"run_name": name, "study": settings.study, "trial": settings.trial, "metric": metric}
     record_path = run_dir / TRACKING_RECORD
+    trackers: list[Logger] = []
     if settings.mlflow:
-        mlflow_tracker = MLflowTracker(
-            tracking_uri=settings.resolved_mlflow_uri(),
-            experiment=settings.mlflow_experiment,
-            run_name=name,
-            tags=tags,
-            artifact_location=settings.artifact_location(),
-            study=settings.study,
-        )
-        _open_trackers.append(mlflow_tracker)
-        trackers.append(mlflow_tracker)
-        record["mlflow"] = {
-            "tracking_uri": mlflow_tracker.tracking_uri,
-            "experiment_id": mlflow_tracker.name,
-            "run_id": mlflow_tracker.version,
-        }
-        atomic_write(record_path, json.dumps(record, indent=2) + "\n")
-        mlflow_tracker.log_config(flatten(config))
-    mode = settings.resolved_wandb_mode()
-    if mode != "disabled":
-        record["wandb"] = {
-            "mode": mode,
-            "run_id": generate_id(),
-            "run_file": "",
-            "project": settings.resolved_wandb_project(),
-            "dir": str(settings.wandb_dir()),
-        }
-        atomic_write(record_path, json.dumps(record, indent=2) + "\n")
-        wandb_tracker = WandbTracker(
-            mode=mode,
-            project=settings.resolved_wandb_project(),
-            entity=settings.resolved_wandb_entity(),
-            save_dir=settings.wandb_dir(),
-            run_id=record["wandb"]["run_id"],
-            run_name=name,
-            group=settings.study,
-            job_type="trial" if settings.trial is not None else job_type,
-            tags=tags,
-            config=config,
-        )
-        _open_trackers.append(wandb_tracker)
-        trackers.append(wandb_tracker)
-        record["wandb"]["run_file"] = str(wandb_tracker.run_file() or "")
+        trackers.append(_start_mlflow(settings, name, tags, config, record, record_path))
+    if settings.resolved_wandb_mode() != "disabled":
+        trackers.append(_start_wandb(settings, name, tags, job_type, config, record, record_path))
     atomic_write(record_path, json.dumps(record, indent=2) + "\n")
     return trackers
+
+
+def _start_mlflow(
+    settings: TrackingSettings,
+    name: str,
+    tags: dict[str, str],
+    config: Mapping[str, Any],
+    record: dict[str, Any],
+    record_path: Path,
+) -> MLflowTracker:
+    """Create the MLflow run, record its id at once, then log the config."""
+    tracker = MLflowTracker(
+        tracking_uri=settings.resolved_mlflow_uri(),
+        experiment=settings.mlflow_experiment,
+        run_name=name,
+        tags=tags,
+        artifact_location=settings.artifact_location(),
+        study=settings.study,
+    )
+    _open_trackers.append(tracker)
+    record["mlflow"] = {"tracking_uri": tracker.tracking_uri, "experiment_id": tracker.name, "run_id": tracker.version}
+    atomic_write(record_path, json.dumps(record, indent=2) + "\n")
+    tracker.log_config(flatten(config))
+    return tracker
+
+
+def _start_wandb(
+    settings: TrackingSettings,
+    name: str,
+    tags: dict[str, str],
+    job_type: str,
+    config: Mapping[str, Any],
+    record: dict[str, Any],
+    record_path: Path,
+) -> WandbTracker:
+    """Choose and record the W&B run id before the run starts, then start it and record its run file."""
+    mode = settings.resolved_wandb_mode()
+    record["wandb"] = {
+        "mode": mode,
+        "run_id": generate_id(),
+        "run_file": "",
+        "project": settings.resolved_wandb_project(),
+        "dir": str(settings.wandb_dir()),
+    }
+    atomic_write(record_path, json.dumps(record, indent=2) + "\n")
+    tracker = WandbTracker(
+        mode=mode,
+        project=settings.resolved_wandb_project(),
+        entity=settings.resolved_wandb_entity(),
+        save_dir=settings.wandb_dir(),
+        run_id=record["wandb"]["run_id"],
+        run_name=name,
+        group=settings.study,
+        job_type="trial" if settings.trial is not None else job_type,
+        tags=tags,
+        config=config,
+    )
+    _open_trackers.append(tracker)
+    record["wandb"]["run_file"] = str(tracker.run_file() or "")
+    return tracker
 
 
 def close_open_trackers(exception: BaseException | None = None) -> None:
