@@ -104,6 +104,7 @@ BAD_INPUTS = [
     (["--data.min_word_length", "7", "--data.max_word_length", "4"], 'Parser key "data.min_word_length"', "min <="),
     (["--data.num_words", "10000000"], 'Parser key "data.num_words"', "fewer words"),
     (["--data.prompt", "{word} {position} {oops}"], 'Parser key "data.prompt"', "cannot be filled"),
+    (["--tracking.study", "it's"], 'Parser key "tracking.study"', "does not match regular expression"),
 ]
 
 
@@ -114,6 +115,8 @@ def test_bad_input_is_refused_before_anything_is_written(extra, key, allowed, tm
     assert exit_info.value.code != 0
     message = capsys.readouterr().err
     assert key in message and allowed in message and "Traceback" not in message
+    errors = [line for line in message.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and key in errors[0] and allowed in errors[0] and "usage:" not in message, message
     assert not (tmp_path / "runs").exists() and not (tmp_path / "tracking").exists()
 
 

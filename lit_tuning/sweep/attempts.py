@@ -14,7 +14,7 @@ from optuna.trial import TrialState
 
 from lit_tuning.files import atomic_write
 from lit_tuning.sweep.trial_record import KILLED_REASON
-from lit_tuning.tracking.mlflow_study import STUDY_PARENT_TAG, TRIAL_TAG, fail_run, study_trial_runs
+from lit_tuning.tracking.mlflow_study import STUDY_PARENT_TAG, TRIAL_TAG, fail_run, study_trial_runs, tag_filter
 from lit_tuning.tracking.outcome import ERROR_TAG, STATE_TAG
 from lit_tuning.tracking.settings import TRACKING_RECORD, TrackingSettings
 from lit_tuning.tracking.store import open_client
@@ -148,6 +148,6 @@ def close_parent_run(study: optuna.Study, finished: bool, tracking: TrackingSett
     experiment = client.get_experiment_by_name(tracking.mlflow_experiment)
     if experiment is None:
         return
-    query = f"tags.`{STUDY_PARENT_TAG}` = '{study.study_name}'"
+    query = tag_filter(STUDY_PARENT_TAG, study.study_name)
     for parent in client.search_runs([experiment.experiment_id], query, max_results=10):
         client.set_terminated(parent.info.run_id, "FINISHED" if finished else "KILLED")

@@ -15,6 +15,14 @@ STUDY_TAG = "study"  # every run of a study carries it from creation, so a run i
 TRIAL_TAG = "trial"
 
 
+def tag_filter(key: str, value: str) -> str:
+    """Return an MLflow search clause matching runs whose tag `key` equals `value` (quoted as MLflow parses it)."""
+    quote = '"' if "'" in value else "'"
+    if quote in value:
+        raise ValueError(f"{value!r} holds both quote characters; MLflow's search cannot match it")
+    return f"tags.`{key}` = {quote}{value}{quote}"
+
+
 def experiment_id_of(client: MlflowClient, experiment: str, artifact_location: str | None = None) -> str:
     """Return the experiment's id, creating it if needed; a worker that loses the creation race uses the winner's."""
     found = client.get_experiment_by_name(experiment)
@@ -39,7 +47,7 @@ def study_parent_run(client: MlflowClient, experiment_id: str, study: str) -> st
     """Return the id of the study's parent run, creating it once; concurrent workers settle on the oldest."""
 
     def parents() -> list[Run]:
-        query = f"tags.`{STUDY_PARENT_TAG}` = '{study}'"
+        query = tag_filter(STUDY_PARENT_TAG, study)
         return client.search_runs([experiment_id], query, order_by=["attributes.start_time ASC"], max_results=10)
 
     found = parents()
@@ -59,7 +67,7 @@ def study_trial_runs(client: MlflowClient, experiment: str, study: str) -> list[
         return []
     runs, token = [], None
     while True:
-        page = client.search_runs([found.experiment_id], f"tags.`{STUDY_TAG}` = '{study}'", page_token=token)
+        page = client.search_runs([found.experiment_id], tag_filter(STUDY_TAG, study), page_token=token)
         runs += [run for run in page if STUDY_PARENT_TAG not in run.data.tags]
         token = page.token
         if not token:

@@ -7,10 +7,14 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from lit_tuning.paths import RESULTS_ROOT
+from jsonargparse.typing import restricted_string_type
+
+from lit_tuning.paths import RESULTS_ROOT, SAFE_NAME
 
 WandbMode = Literal["offline", "online", "disabled"]
 TRACKING_RECORD = "tracking.json"  # in each run directory: where its MLflow and W&B runs are
+# A study name is a folder name and a tracker tag that MLflow searches by: no quotes, separators or spaces.
+StudyName = restricted_string_type("StudyName", f"^{SAFE_NAME.pattern}$")
 
 
 @dataclasses.dataclass
@@ -41,7 +45,7 @@ class TrackingSettings:
     wandb_entity: str | None = None
     log_adapter: bool = True
     max_artifact_mb: float = 200.0
-    study: str | None = None
+    study: StudyName | None = None
     trial: int | None = None
     sampler: str | None = None
 

@@ -35,11 +35,14 @@ class LitTuningParser(LightningArgumentParser):
     argv: ClassVar[list[str]] = []  # the arguments of the current invocation, set by cli_main
 
     def error(self, message: str, ex: Exception | None = None) -> NoReturn:
-        """Exit with the message plus where the offending key came from; a broken config file is named alone."""
+        """Exit 2 with one line: the message plus where the offending key came from (a broken config file alone)."""
         problem = next(filter(None, map(file_problem, config_files(self.argv))), None)
-        if problem:
-            super().error(problem, ex)
-        super().error(message + describe_key_sources(message, self.argv) + self._allowed_keys_hint(message), ex)
+        full = problem or message + describe_key_sources(message, self.argv) + self._allowed_keys_hint(message)
+        if not self.exit_on_error:  # a caller that handles the error itself
+            super().error(full, ex)
+        self._logger.error(full)
+        sys.stderr.write(f"error: {one_line(full)} (all keys: python -m lit_tuning fit --help)\n")
+        self.exit(2)
 
     def _allowed_keys_hint(self, message: str) -> str:
         """For an unknown key, list the keys its section does accept."""
@@ -60,6 +63,20 @@ class LitTuningParser(LightningArgumentParser):
             if isinstance(node, dict) and node:
                 return f"\n  allowed keys{' under ' + section if section else ''}: {', '.join(sorted(node))}"
         return ""
+
+
+# Lines of jsonargparse's union-type report that repeat what the other lines say.
+REDUNDANT_LINE = re.compile(
+    r"^(Does not validate against any of the Union subtypes|Subtypes: .*|Errors:"
+    r"|Given value type: .*|- Expected a <class 'NoneType'>)$"
+)
+
+
+def one_line(message: str) -> str:
+    """Join a multi-line parser message into one line, without the lines that only repeat the others."""
+    lines = [line.strip() for line in message.splitlines()]
+    head, *rest = [line.removeprefix("- ") for line in lines if line and not REDUNDANT_LINE.match(line)] or [""]
+    return head + " " + "; ".join(rest) if head.endswith(":") else "; ".join([head, *rest])
 
 
 class LitTuningCLI(LightningCLI):
