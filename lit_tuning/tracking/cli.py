@@ -8,6 +8,7 @@ from pathlib import Path
 from lit_tuning.commands import command_parser, parse_or_exit
 from lit_tuning.paths import RESULTS_ROOT, RUNS_ROOT
 from lit_tuning.tracking.settings import TrackingSettings
+from lit_tuning.tracking.store import server_problem
 from lit_tuning.tracking.verify import format_table
 from lit_tuning.tracking.verify_trackers import check_both_sides
 
@@ -30,6 +31,10 @@ def main(argv: list[str] | None = None) -> int:
     settings = TrackingSettings(
         root=str(args.tracking_root), mlflow_tracking_uri=args.mlflow_uri, mlflow_experiment=args.mlflow_experiment
     )
+    problem = args.mlflow_uri and server_problem(args.mlflow_uri)
+    if problem:
+        print(f"error: --mlflow-uri: {problem}", file=sys.stderr)
+        return 2
     checks = check_both_sides(Path(args.runs_root), settings, study=args.study, metric=args.metric)
     if not checks:
         print(f"no tracked runs under {args.runs_root}" + (f" for study {args.study!r}" if args.study else ""))

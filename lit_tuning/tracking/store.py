@@ -6,6 +6,8 @@ import functools
 import logging
 import os
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import sqlalchemy
@@ -22,6 +24,23 @@ log = logging.getLogger("lit_tuning.tracking")
 _head_revision = functools.cache(_get_latest_schema_revision)
 CREATING = ".creating-"  # <store>.creating-<pid>: a store being built; left behind only by a killed builder
 BROKEN = ".broken-"  # <store>.broken-<time>: a half-migrated store moved aside (kept, never deleted)
+
+
+def server_problem(tracking_uri: str, timeout_s: float = 5.0) -> str | None:
+    """Return why an MLflow server URI cannot be used (one line), or None; local stores are not probed.
+
+    MLflow's client retries a refused connection for minutes before it fails with a traceback: ask /health first.
+    """
+    if not tracking_uri.startswith(("http://", "https://")):
+        return None
+    try:
+        with urllib.request.urlopen(tracking_uri.rstrip("/") + "/health", timeout=timeout_s):
+            return None
+    except urllib.error.HTTPError as error:
+        return f"MLflow server {tracking_uri} answered /health with HTTP {error.code}"
+    except (urllib.error.URLError, OSError) as error:
+        reason = getattr(error, "reason", error)
+        return f"MLflow server {tracking_uri} is not reachable ({reason})"
 
 
 def open_client(tracking_uri: str) -> MlflowClient:

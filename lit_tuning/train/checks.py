@@ -12,6 +12,8 @@ from jsonargparse import Namespace
 from lightning.pytorch.trainer.connectors.accelerator_connector import _AcceleratorConnector
 from transformers import AutoConfig, AutoModelForCausalLM
 
+from lit_tuning.tracking.settings import TrackingSettings
+from lit_tuning.tracking.store import server_problem
 from lit_tuning.train.base_model import is_embedded, looks_like_local_path, resolve_model_path
 from lit_tuning.train.data import check_prompt, word_split
 from lit_tuning.train.module import check_module_arguments
@@ -30,6 +32,7 @@ def check_fit_config(config: Namespace, *, this_machine: bool = True) -> None:
     check_trainer(config.trainer)
     if this_machine:
         check_devices(config.trainer)
+        check_tracking_server(config.get("tracking"))
     if config.get("ckpt_path") is not None:
         check_checkpoint(str(config.ckpt_path))
     model, data = config.model, config.data
@@ -44,6 +47,17 @@ def check_fit_config(config: Namespace, *, this_machine: bool = True) -> None:
         check_target_modules(model.model_name_or_path, tuple(model.target_modules))
     check_prompt(data.prompt)
     word_split(data.num_words, data.min_word_length, data.max_word_length, data.val_fraction, data.test_fraction, 0)
+
+
+def check_tracking_server(tracking: Namespace | None) -> None:
+    """Refuse an MLflow server this machine cannot reach, before the run directory exists (a store is created)."""
+    if tracking is None or not tracking.get("mlflow", True):
+        return
+    uri = TrackingSettings(**{k: v for k, v in tracking.items() if v is not None}).resolved_mlflow_uri()
+    problem = server_problem(uri)
+    if problem:
+        key = "tracking.mlflow_tracking_uri" if tracking.get("mlflow_tracking_uri") else "$MLFLOW_TRACKING_URI"
+        raise ArgumentProblem(key, f"{problem}; allowed: a running MLflow server, a sqlite:/// store, or null")
 
 
 def check_finite(config: Namespace) -> None:
