@@ -52,6 +52,7 @@ def _evaluate(run: Path, subcommand: str, name: str, *extra: str) -> float:
     return value
 
 
+@pytest.mark.slow  # end to end, ~44 s on 2 cores: `make test-all` (CI) runs it
 def test_validate_and_test_run_on_a_saved_run(fitted_run: Path):
     checkpoint = str(fitted_run / "checkpoints" / "last.ckpt")
     from_checkpoint = _evaluate(fitted_run, "validate", "val-ckpt", "--ckpt_path", checkpoint)

@@ -25,6 +25,7 @@ from lit_tuning.train.cli import SAFE_NAME, cli_main
 
 BASE = str(ROOT / "configs/base.yaml")
 QUICK = str(ROOT / "configs/hyperparameters/training/quick.yaml")
+MICRO = "embedded:micro"
 SMOL = str(ROOT / "configs/hyperparameters/models/smollm2-135m.yaml")
 
 
@@ -69,7 +70,9 @@ def test_overrides_over_a_composed_config_equal_a_fresh_composition():
 
 @pytest.mark.parametrize("suffix", [".yaml", ".json"])
 def test_saved_config_round_trips_through_fit(tmp_path: Path, capsys, suffix: str):
-    experiment = Experiment((BASE, QUICK), {"model.lora_r": 4, "model.target_modules": ["q_proj", "v_proj"]})
+    # micro: checking the target modules builds the model the config names
+    overrides = {"model.lora_r": 4, "model.target_modules": ["q_proj", "v_proj"], "model.model_name_or_path": MICRO}
+    experiment = Experiment((BASE, QUICK), overrides)
     saved = save_config(compose(experiment), tmp_path / f"saved{suffix}")
     original = printed_config(capsys, *experiment.cli_args())
     assert printed_config(capsys, "--config", str(saved)) == original

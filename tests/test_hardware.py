@@ -49,6 +49,7 @@ def test_gpu_check_says_there_is_no_gpu_and_exits_0():
     assert "no NVIDIA GPU visible" in result.stdout and "Traceback" not in result.stderr
 
 
+@pytest.mark.slow  # end to end, ~19 s on 2 cores: `make test-all` (CI) runs it
 def test_bf16_mixed_fit_on_cpu(micro_model_dir: Path, tmp_path: Path):
     args = micro_args(tmp_path / "runs", "--run_name=bf16", "--trainer.precision=bf16-mixed")
     result = run_cli("fit", *args, "--trainer.accelerator=cpu", "--tracking.wandb_mode=disabled")

@@ -149,11 +149,12 @@ def test_report_reads_the_real_study(finished):
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     html = (root / "reports" / f"{STUDY}.html").read_text()
     best = max(t.value for t in load(root).trials if t.state.name == "COMPLETE")
-    assert f"{best:.3f}" in html and "data:image/png;base64," in html
+    assert f"{best:.4f}" in html and "data:image/png;base64," in html  # the report's own precision
     assert len(list((root / "figures" / STUDY).glob("*.png"))) >= 5
     assert (root / "data" / STUDY / "trials.csv").is_file()  # the sweep's own table is left in place
 
 
+@pytest.mark.slow  # end to end, ~70 s on 2 cores: `make test-all` (CI) runs it
 def test_rerun_continues_to_the_total_budget_not_n_more(finished):
     root, space, _ = finished
     again = run_sweep(space, root, sqlite_url(root), "--workers=1")
@@ -166,6 +167,7 @@ def test_rerun_continues_to_the_total_budget_not_n_more(finished):
     assert len({trial.params["model.learning_rate"] for trial in study.trials}) == N_TRIALS + 1
 
 
+@pytest.mark.slow  # end to end, ~42 s on 2 cores: `make test-all` (CI) runs it
 def test_parallel_grid_runs_every_point_exactly_once(tmp_path, model_cache):
     learning_rates, ranks = [1.0e-3, 1.0e-2], [2, 4]
     space = write_space(
@@ -186,6 +188,7 @@ def test_parallel_grid_runs_every_point_exactly_once(tmp_path, model_cache):
     assert {t.user_attrs["threads"] for t in study.trials} == {max(1, len(os.sched_getaffinity(0)) // 2)}
 
 
+@pytest.mark.slow  # end to end, ~39 s on 2 cores: `make test-all` (CI) runs it
 def test_seed_oat_design_runs_as_a_study(tmp_path, model_cache):
     space = write_space(
         tmp_path,
@@ -202,6 +205,7 @@ def test_seed_oat_design_runs_as_a_study(tmp_path, model_cache):
     assert points == [(2.0e-3, 4), (1.0e-2, 4), (2.0e-3, 8)]  # the centre, then one parameter at a time
 
 
+@pytest.mark.slow  # end to end, ~35 s on 2 cores: `make test-all` (CI) runs it
 def test_diverged_trial_is_pruned_with_the_reason_and_the_study_goes_on(tmp_path, model_cache):
     space = write_space(
         tmp_path,

@@ -216,6 +216,7 @@ def test_ctrl_c_closes_both_runs_as_interrupted(tmp_path, micro_model_dir):
     assert read_wandb_run(Path(record["wandb"]["run_file"])).summary["lit_tuning.state"] == "interrupted"
 
 
+@pytest.mark.slow  # end to end, ~32 s on 2 cores: `make test-all` (CI) runs it
 def test_trials_of_a_study_are_child_runs_in_one_group(tmp_path, micro_model_dir):
     runs = tmp_path / "runs"
     for trial in (0, 1):
