@@ -48,13 +48,13 @@ fit: install ## Train one LoRA run: make fit [CONFIG=configs/base.yaml] [ARGS="-
 base-model: install ## Build (or find cached) the embedded offline base model
 	$(BIN)/python -c "from lit_tuning.train.base_model import resolve_model_path; print(resolve_model_path('embedded:tiny'))"
 
-test: install ## Everyday test suite (offline; what CI runs; ~500 tests, not yet timed on a quiet machine)
+test: install ## Everyday test suite (offline; ~500 tests, ~8 min on 2 cores)
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 test-slow: install ## Heavier end-to-end tests (the default config, the real base model)
 	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
 
-test-all: install ## Both suites (the slow end-to-end tests too)
+test-all: install ## Both suites, the slow end-to-end tests too: what CI runs (~45 min on 2 cores)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: install ## ruff check and format check
