@@ -47,9 +47,24 @@ def listed(value: Any) -> list[Any]:
 def parse(parser: ArgumentParser, argv: Sequence[str]) -> Namespace:
     """Parse argv; raise CommandLineError with one line naming the flag and what it allows."""
     try:
-        return parser.parse_args(list(argv))
+        options = parser.parse_args(list(argv))
     except ArgumentError as error:
         raise CommandLineError(describe(parser, argv, error)) from None
+    for key, value in options.items():
+        options[key] = _builtin(value)
+    return options
+
+
+def _builtin(value: Any) -> Any:
+    """Turn the restricted number types' values (int and float subclasses) into plain int and float, so that
+    whatever a command writes them into (YAML, a config) sees ordinary numbers."""
+    if isinstance(value, list):
+        return [_builtin(item) for item in value]
+    if type(value) is not bool and isinstance(value, int) and type(value) is not int:
+        return int(value)
+    if isinstance(value, float) and type(value) is not float:
+        return float(value)
+    return value
 
 
 def split_known(parser: ArgumentParser, argv: Sequence[str]) -> tuple[list[str], list[str]]:

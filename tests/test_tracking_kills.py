@@ -17,6 +17,7 @@ from optuna.trial import TrialState
 from sweep_helpers import sqlite_url, sweep_command, write_space
 
 from lit_tuning.sweep.attempts import close_dead_attempts
+from lit_tuning.sweep.trial_record import record_killed_reason
 from lit_tuning.tracking import TrackingSettings, WandbTracker
 from lit_tuning.tracking.cli import main as tracking_main
 from lit_tuning.tracking.mlflow_study import prepare_study, study_trial_runs
@@ -121,10 +122,11 @@ def test_a_run_killed_before_its_id_was_recorded_is_found_closed_and_verified(tm
     assert close_dead_attempts(study, settings) == []  # its trial still runs (as far as Optuna knows): keep it open
     assert client.get_run(run.info.run_id).info.status == "RUNNING"
     study.tell(trial, state=TrialState.FAIL)  # what the heartbeat check does for a dead worker's trial
+    record_killed_reason(study, 0, "worker-0 (pid 7) killed by SIGKILL during the trial")  # what the driver saw
     assert close_dead_attempts(study, settings) == [0]
     closed = client.get_run(run.info.run_id)
     assert closed.info.status == "FAILED" and closed.data.tags["lit_tuning.state"] == "failed"
-    assert "worker died" in closed.data.tags["lit_tuning.error"]
+    assert closed.data.tags["lit_tuning.error"] == "worker-0 (pid 7) killed by SIGKILL during the trial"
     assert json.loads((run_dir / "tracking.json").read_text())["mlflow"]["run_id"] == run.info.run_id
     assert verify(tmp_path, "orphan") == 0, capsys.readouterr().out
 

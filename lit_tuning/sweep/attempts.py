@@ -13,7 +13,7 @@ from mlflow.exceptions import MlflowException
 from optuna.trial import TrialState
 
 from lit_tuning.files import atomic_write
-from lit_tuning.sweep.trial_record import KILLED_REASON
+from lit_tuning.sweep.trial_record import KILLED_REASON, stored_killed_reason
 from lit_tuning.tracking.mlflow_study import STUDY_PARENT_TAG, TRIAL_TAG, fail_run, study_trial_runs, tag_filter
 from lit_tuning.tracking.outcome import ERROR_TAG, STATE_TAG
 from lit_tuning.tracking.settings import TRACKING_RECORD, TrackingSettings
@@ -31,11 +31,12 @@ def close_dead_attempts(study: optuna.Study, tracking: TrackingSettings | None =
     its tags. tracking: where the sweep's trials log (None: only the first side).
     """
     closed = set()
+    study_attrs = study.user_attrs
     for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
         run_dir = trial.user_attrs.get("run_dir")
         if not run_dir or not (Path(run_dir) / TRACKING_RECORD).is_file():
             continue
-        reason = trial.user_attrs.get("reason") or KILLED_REASON
+        reason = trial.user_attrs.get("reason") or stored_killed_reason(study_attrs, trial.number)
         if close_run_trackers(Path(run_dir), reason):
             closed.add(trial.number)
     if tracking is not None and tracking.mlflow:
@@ -61,7 +62,8 @@ def close_orphan_mlflow_runs(study: optuna.Study, tracking: TrackingSettings) ->
             continue
         if client.get_run(run.info.run_id).info.status != "RUNNING":
             continue
-        fail_run(client, run.info.run_id, KILLED_REASON)
+        reason = stored_killed_reason(study.user_attrs, int(trial)) if trial and trial.isdigit() else KILLED_REASON
+        fail_run(client, run.info.run_id, reason)
         log.warning("closed MLflow run %s of trial %s: its process died before recording it", run.info.run_id, trial)
         _record_closed_run(run.data.tags.get("lit_tuning.run_dir"), run, tracking.resolved_mlflow_uri())
         if trial is not None and trial.isdigit():

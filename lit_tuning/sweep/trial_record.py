@@ -51,6 +51,11 @@ def record_killed_reason(study: optuna.Study, number: int, reason: str) -> None:
     study.set_user_attr(KILLED_REASON_ATTR.format(number=number), reason)
 
 
+def stored_killed_reason(study_attrs: dict, number: int) -> str:
+    """Why trial `number` died as the driver recorded it, else the heartbeat default."""
+    return study_attrs.get(KILLED_REASON_ATTR.format(number=number)) or KILLED_REASON
+
+
 def retry_history(trial: optuna.trial.FrozenTrial) -> list[int]:
     """Numbers of the earlier attempts this trial retries, oldest first (Optuna's record; [] for a first attempt)."""
     with warnings.catch_warnings():  # "experimental" since Optuna 3.0; readers such as the report need no notice
@@ -60,7 +65,7 @@ def retry_history(trial: optuna.trial.FrozenTrial) -> list[int]:
 
 def killed_reason(study_attrs: dict, trial: optuna.trial.FrozenTrial, retried: set[int]) -> str:
     """Why a killed trial died (the driver's record, else the heartbeat default), and whether it was given up."""
-    reason = study_attrs.get(KILLED_REASON_ATTR.format(number=trial.number)) or KILLED_REASON
+    reason = stored_killed_reason(study_attrs, trial.number)
     if trial.number not in retried:  # stale trials are failed and retried in one step: no retry means the limit
         attempts = len(retry_history(trial)) + 1
         reason += f"; given up after {attempts} attempt{'s' * (attempts > 1)} (retry limit)"
