@@ -268,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the chaos study and write chaos.json; exit 1 when any check fails."""
     parser = command_parser("python -m lit_tuning.bench.chaos", __doc__)
     parser.add_argument("--kills", type=Count, default=20, help="SIGKILLs before the study is run to its end")
-    parser.add_argument("--trials", type=Count, default=24, help="the study's budget (enough to outlast the kills)")
+    parser.add_argument("--trials", type=Count, default=12, help="the study's budget (enough to outlast the kills)")
     parser.add_argument("--steps", type=Count, default=40, help="training steps of every trial")
     parser.add_argument("--workers", type=Count, default=2)
     parser.add_argument("--seed", type=NonNegativeCount, default=0, help="chooses the kill moments and targets")
