@@ -70,6 +70,10 @@ mlflow-ui: install ## Browse every run: MLflow UI on http://127.0.0.1:$(MLFLOW_P
 		--workers 1 --backend-store-uri $(MLFLOW_STORE)
 
 dashboard: install ## Optuna's live view of the studies in STORAGE on http://127.0.0.1:$(DASHBOARD_PORT) [DASHBOARD_PORT=8080]
+	@# optuna-dashboard would create an empty database at a mistyped or not-yet-swept SQLite path: refuse instead
+	@$(BIN)/python -c 'import sys; from lit_tuning.paths import sqlite_file; f = sqlite_file(sys.argv[1]); \
+		f and not f.exists() and sys.exit(f"error: STORAGE={sys.argv[1]}: {f} does not exist; run make sweep first")' \
+		'$(STORAGE)'
 	$(BIN)/optuna-dashboard --host 127.0.0.1 --port $(DASHBOARD_PORT) $(STORAGE)
 
 wandb-sync: install ## Upload offline W&B runs (needs `wandb login` or WANDB_API_KEY)
