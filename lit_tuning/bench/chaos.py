@@ -264,6 +264,25 @@ MOMENTS = {
 }
 
 
+def chaos_figures(
+    kills: list[Kill], reruns: int, code: int, findings: dict[str, Any], wall_s: float, conditions: dict[str, Any]
+) -> dict[str, Any]:
+    """What chaos.json holds: the kills by moment and target, the checks' findings, conditions and the kill log."""
+    return {
+        "kills": len(kills),
+        "kills_by_point": {p: sum(k.point == p and k.hit for k in kills) for p in MOMENTS},
+        "kills_missed_moment": sum(not k.hit for k in kills),
+        "kills_of_driver": sum(k.target == "driver" for k in kills),
+        "reruns_to_finish": reruns,
+        "last_exit_code": code,
+        **findings,
+        "checks": passed(findings),
+        "wall_s": round(wall_s, 1),
+        "conditions": conditions,
+        "kill_log": [dataclasses.asdict(kill) for kill in kills],
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the chaos study and write chaos.json; exit 1 when any check fails."""
     parser = command_parser("python -m lit_tuning.bench.chaos", __doc__)
@@ -303,20 +322,8 @@ def main(argv: list[str] | None = None) -> int:
             break
     reruns, code = chaos.run_to_end(attempts=2 if aborted else 5)
     findings = check(work, chaos.storage, STUDY, args.trials, args.steps) | {"aborted": aborted}
-    figures = {
-        "kills": len(kills),
-        "kills_by_point": {p: sum(k.point == p and k.hit for k in kills) for p in MOMENTS},
-        "kills_missed_moment": sum(not k.hit for k in kills),
-        "kills_of_driver": sum(k.target == "driver" for k in kills),
-        "reruns_to_finish": reruns,
-        "last_exit_code": code,
-        **findings,
-        "checks": passed(findings),
-        "wall_s": round(time.monotonic() - started, 1),
-        "conditions": {k: getattr(args, k) for k in ("trials", "steps", "workers", "seed", "spare_first_start")}
-        | {"work": str(work)},
-        "kill_log": [dataclasses.asdict(kill) for kill in kills],
-    }
+    conditions = {k: getattr(args, k) for k in ("trials", "steps", "workers", "seed", "spare_first_start")}
+    figures = chaos_figures(kills, reruns, code, findings, time.monotonic() - started, conditions | {"work": str(work)})
     path = atomic_write(args.out / "chaos.json", json.dumps(figures, indent=2) + "\n")
     print(json.dumps({key: figures[key] for key in list(figures)[:-2]}, indent=2))
     print(f"wrote {path}")

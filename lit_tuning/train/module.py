@@ -69,21 +69,8 @@ class LoRAModule(pl.LightningModule):
         # Checkpoints hold only the trainable (adapter) weights; the frozen base is reloaded from its source.
         self.strict_loading = False
         self.tokens_seen = 0  # prompt tokens trained on, kept in checkpoints so a resumed run keeps counting
-        base = warm.load_base_model(
-            resolve_model_path(model_name_or_path), None if torch_dtype == "auto" else getattr(torch, torch_dtype)
-        )
-        if adapter_path is not None:
-            self.model = PeftModel.from_pretrained(base, adapter_path, is_trainable=True)
-        else:
-            lora = LoraConfig(
-                r=lora_r,
-                lora_alpha=lora_alpha,
-                lora_dropout=lora_dropout,
-                target_modules=target_modules,
-                task_type="CAUSAL_LM",
-            )
-            self.model = get_peft_model(base, lora)
-        warm.adopt(self.model)
+        self.model = build_lora_model(model_name_or_path, torch_dtype, adapter_path, lora_r, lora_alpha, lora_dropout,
+                                      target_modules)  # fmt: skip
         self._step_started = 0.0
         self._val_correct = self._val_total = 0
 
@@ -218,6 +205,33 @@ def check_module_arguments(
             f"{adapter_path!r} holds no adapter_config.json; allowed: a saved PEFT adapter directory "
             "(a finished run's adapter/) or null",
         )
+
+
+def build_lora_model(
+    model_name_or_path: str,
+    torch_dtype: TorchDtype,
+    adapter_path: str | None,
+    lora_r: int,
+    lora_alpha: float,
+    lora_dropout: float,
+    target_modules: list[str] | str,
+) -> PeftModel:
+    """Load the base model (kept warm across trials in one process) and wrap it with a new or a saved adapter."""
+    base = warm.load_base_model(
+        resolve_model_path(model_name_or_path), None if torch_dtype == "auto" else getattr(torch, torch_dtype)
+    )
+    if adapter_path is not None:
+        model = PeftModel.from_pretrained(base, adapter_path, is_trainable=True)
+    else:
+        lora = LoraConfig(
+            r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules=target_modules,
+            task_type="CAUSAL_LM",
+        )  # fmt: skip
+        model = get_peft_model(base, lora)
+    warm.adopt(model)
+    # from_pretrained returns eval mode; train the whole model in train mode, as Hugging Face's Trainer does
+    # (Lightning keeps a module's mode, and warns about modules left in eval mode at the start of fit).
+    return model.train()
 
 
 def peak_memory_mb(device: torch.device) -> float:
