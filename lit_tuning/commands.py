@@ -44,10 +44,11 @@ def listed(value: Any) -> list[Any]:
     return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
-def parse(parser: ArgumentParser, argv: Sequence[str]) -> Namespace:
-    """Parse argv; raise CommandLineError with one line naming the flag and what it allows."""
+def parse(parser: ArgumentParser, argv: Sequence[str] | None = None) -> Namespace:
+    """Parse argv (default: the process's own arguments); raise CommandLineError with one line naming the flag."""
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        options = parser.parse_args(list(argv))
+        options = parser.parse_args(argv)
     except ArgumentError as error:
         raise CommandLineError(describe(parser, argv, error)) from None
     for key, value in options.items():
@@ -85,7 +86,7 @@ def split_known(parser: ArgumentParser, argv: Sequence[str]) -> tuple[list[str],
     return own, rest
 
 
-def parse_or_exit(parser: ArgumentParser, argv: Sequence[str]) -> Namespace:
+def parse_or_exit(parser: ArgumentParser, argv: Sequence[str] | None = None) -> Namespace:
     """Parse argv, or print the one-line error and exit 2 (the status of every bad command line)."""
     try:
         return parse(parser, argv)

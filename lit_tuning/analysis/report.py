@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--spaces-dir", type=Path, default=SPACES_DIR, help="where the narrowed search space goes")
     parser.add_argument("--mlflow-ui", default=MLFLOW_UI, help=f"MLflow UI address for run links (default {MLFLOW_UI})")
     parser.add_argument("--resamples", type=Count, default=20, help="bootstrap resamples for importance intervals")
-    args = parse_or_exit(parser, sys.argv[1:] if argv is None else argv)
+    args = parse_or_exit(parser, argv)
     try:
         if args.compare:
             print(build_comparison(args.compare, storage=args.storage, root=args.root))

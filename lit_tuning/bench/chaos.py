@@ -300,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--work", type=Path | None, default=None, help="work folder (default: a new temporary folder, kept)"
     )
-    args = parse_or_exit(parser, sys.argv[1:] if argv is None else argv)
+    args = parse_or_exit(parser, argv)
     work = args.work or Path(tempfile.mkdtemp(prefix="lit_tuning-chaos-"))
     work.mkdir(parents=True, exist_ok=True)
     chaos = Chaos(work, chaos_space(work, args.trials, args.steps, args.seed), workers=args.workers, seed=args.seed)

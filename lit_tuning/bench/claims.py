@@ -123,9 +123,7 @@ def _keeps(proposal: dict, key: str, value: object) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     """Print and write the three checks for the recorded table."""
-    args = parse_or_exit(
-        table_parser("python -m lit_tuning.bench.claims", __doc__), sys.argv[1:] if argv is None else argv
-    )
+    args = parse_or_exit(table_parser("python -m lit_tuning.bench.claims", __doc__), argv)
     table = open_table(args)
     if table is None:
         return 2

@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=BENCH_ROOT)
     parser.add_argument("--quick", action="store_true", help="one packing, for a first look")
     parser.add_argument("--cpu-smoke", action="store_true", help=SUPPRESS)
-    args = parse_or_exit(parser, sys.argv[1:] if argv is None else argv)
+    args = parse_or_exit(parser, argv)
     message = no_gpu_message()
     if message and not args.cpu_smoke:
         print(message)

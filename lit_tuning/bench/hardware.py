@@ -9,7 +9,6 @@ Timings mean something only on a quiet machine: run it alone. `--quick` is a smo
 
 from __future__ import annotations
 
-import sys
 import tempfile
 from pathlib import Path
 
@@ -112,7 +111,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = command_parser("python -m lit_tuning.bench.hardware", __doc__)
     parser.add_argument("--quick", action="store_true", help="micro model, few steps and trials: a smoke run")
     parser.add_argument("--out", type=Path, default=BENCH_ROOT)
-    args = parse_or_exit(parser, sys.argv[1:] if argv is None else argv)
+    args = parse_or_exit(parser, argv)
     table, parts = collect(QUICK if args.quick else FULL, args.quick)
     args.out.mkdir(parents=True, exist_ok=True)
     table.to_csv(args.out / "hardware.csv", index=False)

@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--strategies", type=list[str] | str | None, default=None, help="names to replay, as [a,b] (default: all)"
     )
-    args = parse_or_exit(parser, sys.argv[1:] if argv is None else argv)
+    args = parse_or_exit(parser, argv)
     table = open_table(args)
     if table is None:
         return 2

@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=Count, default=64)
     parser.add_argument("--threads", type=list[Count] | Count, default=[1, 2], help="thread counts, e.g. [1,2]")
     parser.add_argument("--repeats", type=Count, default=2)
-    args = parse_or_exit(parser, sys.argv[1:] if argv is None else argv)
+    args = parse_or_exit(parser, argv)
     if args.bare_once:
         torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
         print(bare_loop_ms(args.model, args.steps, args.batch_size))

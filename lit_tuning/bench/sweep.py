@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--trials", type=Count, default=4)
     parser.add_argument("--steps", type=Count, default=200)
     parser.add_argument("--out", type=Path, default=BENCH_ROOT)
-    args = parse_or_exit(parser, sys.argv[1:] if argv is None else argv)
+    args = parse_or_exit(parser, argv)
     root = Path(tempfile.mkdtemp(prefix="lit_tuning-bench-sweep-"))
     table = pd.DataFrame([run_study(n, trials=args.trials, steps=args.steps, root=root) for n in args.workers])
     table["speedup"] = table["steps_per_s"] / table.loc[0, "steps_per_s"]

@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=Count, default=2)
     parser.add_argument("--out", type=Path, default=BENCH_ROOT)
     parser.add_argument("--log-every", type=Count, default=10, help="trainer.log_every_n_steps of the default fit")
-    args = parse_or_exit(parser, sys.argv[1:] if argv is None else argv)
+    args = parse_or_exit(parser, argv)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     rows = [
         run_variant(name, repeat=repeat, steps=args.steps, root=args.out / f"tracking-{stamp}")

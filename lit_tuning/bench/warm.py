@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cold-trials", type=Count, default=3)
     parser.add_argument("--threads", type=Count, default=1)
     parser.add_argument("--quick", action="store_true", help="a shrunken model and few trials: a smoke run")
-    args = parse_or_exit(parser, sys.argv[1:] if argv is None else argv)
+    args = parse_or_exit(parser, argv)
     if args.once:
         print(json.dumps(run_trials(args.model_dir, args.trials, args.once == "warm", args.root)))
         return

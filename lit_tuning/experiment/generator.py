@@ -49,7 +49,7 @@ def parse_cli(argv: list[str] | None) -> Namespace:
         "--set", type=str, action="append", default=[], help="single mode: a dotted KEY=VALUE override (repeatable)"
     )
     parser.add_argument("--project", default=DEFAULT_PROJECT, help="sweep mode: the W&B project")
-    return parse_or_exit(parser, sys.argv[1:] if argv is None else argv)
+    return parse_or_exit(parser, argv)
 
 
 def main(argv: list[str] | None = None) -> int:

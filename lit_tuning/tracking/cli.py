@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     verify.add_argument("--mlflow-uri", type=str | None, default=None, help="MLflow store or server to search too")
     verify.add_argument("--mlflow-experiment", default=TrackingSettings.mlflow_experiment, help="MLflow experiment")
     commands.add_subcommand("verify", verify, help="check that MLflow and W&B agree with each run's own metrics")
-    args = parse_or_exit(parser, sys.argv[1:] if argv is None else argv).verify
+    args = parse_or_exit(parser, argv).verify
     settings = TrackingSettings(
         root=str(args.tracking_root), mlflow_tracking_uri=args.mlflow_uri, mlflow_experiment=args.mlflow_experiment
     )
