@@ -2,12 +2,23 @@
 
 import dataclasses
 import json
+import random
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from lit_tuning.train.base_model import RECIPES, check_model_reference, ensure_built, resolve_model_path, spelling_line
+from lit_tuning.train.base_model import (
+    RECIPES,
+    _lookup_accuracy,
+    check_model_reference,
+    ensure_built,
+    resolve_model_path,
+    spelling_corpus,
+    spelling_line,
+)
 
 
 def test_micro_build_is_a_loadable_save_pretrained_dir(micro_model_dir: Path):
@@ -15,6 +26,7 @@ def test_micro_build_is_a_loadable_save_pretrained_dir(micro_model_dir: Path):
     assert summary["recipe"] == dataclasses.asdict(RECIPES["micro"])
     # pretraining taught it to spell far above chance (1/26)
     assert summary["spelling_accuracy"] > 0.3
+    assert 0.0 <= summary["lookup_accuracy"] <= 1.0
     model = AutoModelForCausalLM.from_pretrained(micro_model_dir)
     tokenizer = AutoTokenizer.from_pretrained(micro_model_dir)
     assert model.config.model_type == "llama"
@@ -38,6 +50,41 @@ def test_a_changed_recipe_gets_its_own_build(tmp_path: Path):
 
 def test_spelling_line_indexes_letters():
     assert spelling_line("dog") == " dog: 1 d 2 o 3 g"
+    assert spelling_line("dog", [3, 1, 2]) == " dog: 3 g 1 d 2 o"
+
+
+def test_spelling_corpus_adds_shuffled_orders_that_keep_each_letter_at_its_index():
+    lines = spelling_corpus(("apple", "dog"), 3, random.Random(0))
+    assert len(lines) == 8 and lines[0] == spelling_line("apple") and lines[4] == spelling_line("dog")
+    shuffled = lines[1:4]
+    for line in shuffled:
+        pairs = line.split(": ")[1].split(" ")
+        indexed = dict(zip(map(int, pairs[::2]), pairs[1::2], strict=True))
+        assert indexed == {1: "a", 2: "p", 3: "p", 4: "l", 5: "e"}
+    assert len(set(shuffled)) > 1, "orders are drawn at random, not repeated"
+    assert spelling_corpus(("apple",), 0, random.Random(0)) == [spelling_line("apple")]
+
+
+def _oracle(tokenizer, wrong_positions: set[int]):
+    """A stand-in model that names letter k of ' word: k' at the last real token (off by one where told)."""
+
+    def model(input_ids, attention_mask):
+        logits = torch.zeros(*input_ids.shape, len(tokenizer))
+        for row, (ids, mask) in enumerate(zip(input_ids, attention_mask, strict=True)):
+            word, position = tokenizer.decode(ids[mask.bool()]).strip().split(": ")
+            index = int(position) - 1 + (int(position) in wrong_positions)
+            letter = tokenizer.convert_tokens_to_ids(tokenizer.tokenize(" " + word[index % len(word)]))[0]
+            logits[row, int(mask.sum()) - 1, letter] = 1.0
+        return SimpleNamespace(logits=logits)
+
+    return model
+
+
+def test_lookup_accuracy_counts_the_letter_named_after_word_and_position(micro_model_dir: Path):
+    tokenizer = AutoTokenizer.from_pretrained(micro_model_dir)
+    words = ("apple", "dog", "string")  # 14 (word, position) pairs of unequal prompt lengths: padding matters
+    assert _lookup_accuracy(_oracle(tokenizer, set()), tokenizer, words) == 1.0
+    assert _lookup_accuracy(_oracle(tokenizer, {1}), tokenizer, words) == pytest.approx(11 / 14)
 
 
 @pytest.mark.parametrize(

@@ -44,6 +44,7 @@ class BaseModelRecipe:
     num_heads: int = 4
     intermediate_size: int = 512
     pretrain_steps: int = 1000  # full fine-tune steps on the indexed spelling corpus
+    letter_orders: int = 0  # extra spellings per word with the positions shuffled (' apple: 3 p 1 a ...')
     batch_size: int = 64
     learning_rate: float = 3e-3
     seed: int = 0
@@ -55,8 +56,10 @@ class BaseModelRecipe:
 
 
 RECIPES: dict[str, BaseModelRecipe] = {
-    # The offline default: ~0.8M parameters, ~1-2 min to build on 2 CPU cores.
-    "tiny": BaseModelRecipe(),
+    # The offline default: ~0.8M parameters, ~5 min to build on 1 CPU thread. Each word is also spelled in 8
+    # shuffled position orders, so the model can name letter k directly (lookup accuracy 0.9996); in-order
+    # spelling alone left the LoRA task's held-out accuracy near 0.57 however it was tuned.
+    "tiny": BaseModelRecipe(letter_orders=8, pretrain_steps=3000),
     # For unit tests: builds in seconds; spells its 300 words less reliably.
     "micro": BaseModelRecipe(
         num_words=300, vocab_size=512, hidden_size=64, intermediate_size=256, pretrain_steps=300, batch_size=32
@@ -129,9 +132,24 @@ def ensure_built(name: str, recipe: BaseModelRecipe, root: Path | None = None) -
     return target
 
 
-def spelling_line(word: str) -> str:
-    """Return the pretraining text that spells a word with indexed letters: ' apple: 1 a 2 p 3 p 4 l 5 e'."""
-    return f" {word}: " + " ".join(f"{index} {letter}" for index, letter in enumerate(word, start=1))
+def spelling_line(word: str, order: list[int] | None = None) -> str:
+    """Return the pretraining text that spells a word with indexed letters: ' apple: 1 a 2 p 3 p 4 l 5 e'.
+
+    With `order` (1-based positions) the pairs come in that order: ' apple: 3 p 1 a 5 e 2 p 4 l'.
+    """
+    positions = order or range(1, len(word) + 1)
+    return f" {word}: " + " ".join(f"{index} {word[index - 1]}" for index in positions)
+
+
+def spelling_corpus(words: tuple[str, ...], letter_orders: int, rng: random.Random) -> list[str]:
+    """Every word spelled in order, plus `letter_orders` spellings in shuffled position order."""
+    lines = []
+    for word in words:
+        lines.append(spelling_line(word))
+        for _ in range(letter_orders):
+            # Shuffled orders make "letter k of this word" a direct lookup, not the end of a recital.
+            lines.append(spelling_line(word, rng.sample(range(1, len(word) + 1), len(word))))
+    return lines
 
 
 def train_tokenizer(words: tuple[str, ...], vocab_size: int) -> PreTrainedTokenizerFast:
@@ -164,15 +182,10 @@ def train_tokenizer(words: tuple[str, ...], vocab_size: int) -> PreTrainedTokeni
     return wrapped
 
 
-def build_base_model(recipe: BaseModelRecipe, out_dir: Path) -> None:
-    """Train the tokenizer, pretrain a tiny Llama on the spelling corpus and save both with save_pretrained."""
-    started = time.perf_counter()
-    torch.manual_seed(recipe.seed)
-    rng = random.Random(recipe.seed)
-    words = load_words(recipe.num_words, recipe.min_word_length, recipe.max_word_length)
-    tokenizer = train_tokenizer(words, recipe.vocab_size)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
+def model_config(recipe: BaseModelRecipe, **token_ids: int) -> LlamaConfig:
+    """The Llama architecture of a recipe; its module names are known before (and without) a build."""
+    return LlamaConfig(
+        vocab_size=token_ids.pop("vocab_size", recipe.vocab_size),
         hidden_size=recipe.hidden_size,
         intermediate_size=recipe.intermediate_size,
         num_hidden_layers=recipe.num_layers,
@@ -180,12 +193,28 @@ def build_base_model(recipe: BaseModelRecipe, out_dir: Path) -> None:
         num_key_value_heads=recipe.num_heads,
         max_position_embeddings=128,
         tie_word_embeddings=True,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
+        **token_ids,
     )
-    model = LlamaForCausalLM(config)
-    lines = [tokenizer.encode(spelling_line(word), add_special_tokens=False) for word in words]
+
+
+def build_base_model(recipe: BaseModelRecipe, out_dir: Path) -> None:
+    """Train the tokenizer, pretrain a tiny Llama on the spelling corpus and save both with save_pretrained."""
+    started = time.perf_counter()
+    torch.manual_seed(recipe.seed)
+    rng = random.Random(recipe.seed)
+    words = load_words(recipe.num_words, recipe.min_word_length, recipe.max_word_length)
+    tokenizer = train_tokenizer(words, recipe.vocab_size)
+    model = LlamaForCausalLM(
+        model_config(
+            recipe,
+            vocab_size=len(tokenizer),
+            pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+    )
+    corpus = spelling_corpus(words, recipe.letter_orders, rng)
+    lines = [tokenizer.encode(line, add_special_tokens=False) for line in corpus]
     final_loss = _pretrain(model, lines, recipe, tokenizer.pad_token_id, rng)
     letter_ids = {tokenizer.convert_tokens_to_ids(tokenizer.tokenize(" " + c))[0] for c in ALPHABET}
     model.save_pretrained(out_dir)
@@ -196,7 +225,8 @@ def build_base_model(recipe: BaseModelRecipe, out_dir: Path) -> None:
         "parameters": sum(p.numel() for p in model.parameters()),
         "single_token_words": sum(len(tokenizer.encode(" " + w, add_special_tokens=False)) == 1 for w in words),
         "final_pretrain_loss": round(final_loss, 4),
-        "spelling_accuracy": round(_spelling_accuracy(model, lines, letter_ids), 4),
+        "spelling_accuracy": round(_spelling_accuracy(model, lines[:: recipe.letter_orders + 1], letter_ids), 4),
+        "lookup_accuracy": round(_lookup_accuracy(model, tokenizer, words), 4),
         "build_seconds": round(time.perf_counter() - started, 1),
     }
     # Written last: its presence marks a complete build.
@@ -239,3 +269,22 @@ def _spelling_accuracy(model: LlamaForCausalLM, lines: list[list[int]], letter_i
                 correct += predicted[position] == target
                 total += 1
     return correct / max(1, total)
+
+
+@torch.no_grad()
+def _lookup_accuracy(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, words: tuple[str, ...]) -> float:
+    """Fraction of (word, position) pairs whose letter the model names right after ' word: k' (no recital)."""
+    pairs = [(word, position) for word in words for position in range(1, len(word) + 1)]
+    id_of = {letter: tokenizer.convert_tokens_to_ids(tokenizer.tokenize(" " + letter))[0] for letter in ALPHABET}
+    allowed = torch.tensor(sorted(id_of.values()))  # the answer is the likeliest letter, as in the LoRA task
+    correct = 0
+    for start in range(0, len(pairs), 512):
+        chunk = pairs[start : start + 512]
+        prompts = [tokenizer.encode(f" {word}: {position}", add_special_tokens=False) for word, position in chunk]
+        input_ids, attention_mask = pad_right(prompts, tokenizer.pad_token_id)
+        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
+        last = attention_mask.sum(1) - 1
+        answer = allowed[logits[torch.arange(len(chunk)), last][:, allowed].argmax(-1)]
+        expected = torch.tensor([id_of[word[position - 1]] for word, position in chunk])
+        correct += int((answer == expected).sum())
+    return correct / max(1, len(pairs))

@@ -14,7 +14,14 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from lit_tuning.tracking.settings import TrackingSettings
 from lit_tuning.tracking.store import server_problem
-from lit_tuning.train.base_model import is_embedded, looks_like_local_path, resolve_model_path
+from lit_tuning.train.base_model import (
+    EMBEDDED_PREFIX,
+    RECIPES,
+    is_embedded,
+    looks_like_local_path,
+    model_config,
+    resolve_model_path,
+)
 from lit_tuning.train.data import check_prompt, word_split
 from lit_tuning.train.module import check_module_arguments
 from lit_tuning.train.problems import ArgumentProblem
@@ -164,7 +171,13 @@ def module_names(model_name_or_path: str) -> tuple[str, ...] | None:
     """Return the model's module names, built on the meta device (no weights); None for a hub model."""
     if not (is_embedded(model_name_or_path) or looks_like_local_path(model_name_or_path)):
         return None
-    config = AutoConfig.from_pretrained(resolve_model_path(model_name_or_path))
+    if is_embedded(model_name_or_path):  # from the recipe: a check must not start a minutes-long build
+        recipe = RECIPES.get(model_name_or_path.removeprefix(EMBEDDED_PREFIX))
+        if recipe is None:
+            return None  # an unknown name: the model reference check names the allowed ones
+        config = model_config(recipe)
+    else:
+        config = AutoConfig.from_pretrained(resolve_model_path(model_name_or_path))
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
     return tuple(name for name, _ in model.named_modules())
