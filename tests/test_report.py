@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import math
 import re
@@ -17,7 +18,8 @@ import pytest
 import yaml
 from analysis_helpers import LEGAL_KINDS, ROOT, legal_study, make_study
 
-from lit_tuning.analysis.report import build_report, main
+from lit_tuning.analysis.confirm import Job, run_jobs
+from lit_tuning.analysis.report import ReportError, build_report, main
 from lit_tuning.experiment.search_space import load_search_space
 from lit_tuning.paths import study_slug
 
@@ -182,7 +184,8 @@ def test_confirm_reruns_configs_over_seeds(tmp_path: Path, micro_model_dir: Path
         "data: {num_words: 300}\ntrainer: {max_steps: 20, val_check_interval: 10, enable_progress_bar: false}\n"
     )
     args = ["--study", "quick", "--storage", storage, "--root", str(root), "--top-k", "1", "--seeds", "2"]
-    args += ["--max-steps", "20", f"--tracking.root={tmp_path / 'tracking'}", "--tracking.wandb_mode=disabled"]
+    args += ["--max-steps", "20", "--workers", "2"]
+    args += [f"--tracking.root={tmp_path / 'tracking'}", "--tracking.wandb_mode=disabled"]
     result = subprocess.run(
         [sys.executable, "-m", "lit_tuning.analysis.confirm", *args], cwd=ROOT, capture_output=True, text=True
     )
@@ -198,6 +201,25 @@ def test_confirm_reruns_configs_over_seeds(tmp_path: Path, micro_model_dir: Path
     for row in table.itertuples():  # each run was made with its own seed, as its saved config shows
         saved = yaml.safe_load((Path(row.run_dir) / "config.yaml").read_text())
         assert saved["seed_everything"] == row.seed, row.run_dir
+    # Two workers: some runs were under way at the same time (config written at start, metrics at the end).
+    spans = sorted(
+        ((Path(d) / "config.yaml").stat().st_mtime, (Path(d) / "metrics.csv").stat().st_mtime) for d in table.run_dir
+    )
+    assert any(later[0] < earlier[1] for earlier, later in itertools.pairwise(spans)), spans
+
+
+def test_a_failed_confirm_run_stops_the_queue_and_keeps_the_finished_rows(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    root = tmp_path / "results"
+    table = root / "data" / "s" / "confirm.csv"
+    table.parent.mkdir(parents=True)
+    table.write_text("config,seed,value,run_dir\nbase,0,0.5,/x\n")  # a finished run from an earlier confirm
+    jobs = [Job("bad", ("--model.lora_r", "0"), 0), Job("bad", ("--model.lora_r", "0"), 1)]
+    with pytest.raises(ReportError, match=r"fit --model.lora_r 0 --seed_everything 0 .* failed \(exit 2\)"):
+        run_jobs("s", [Job("base", (), 0), *jobs], root=root, workers=1)
+    assert table.read_text() == "config,seed,value,run_dir\nbase,0,0.5,/x\n"
+    assert "confirm: bad seed 0" in capsys.readouterr().out.splitlines()[-1], "the second bad job never started"
 
 
 def test_report_on_a_running_study(tmp_path: Path) -> None:

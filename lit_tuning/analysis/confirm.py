@@ -5,8 +5,11 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
+import os
 import subprocess
 import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pandas as pd
@@ -64,42 +67,57 @@ def final_value(run_dir: Path, metric: str = PRIMARY_METRIC) -> float:
 
 
 def run_jobs(
-    study_name: str, jobs: list[Job], *, root: Path, max_steps: int | None = None, extra: tuple[str, ...] = ()
+    study_name: str,
+    jobs: list[Job],
+    *,
+    root: Path,
+    max_steps: int | None = None,
+    extra: tuple[str, ...] = (),
+    workers: int = 1,
 ) -> Path:
-    """Run each job not yet in confirm.csv (so an interrupted confirm resumes) and rewrite the table after each."""
+    """Run each job not yet in confirm.csv (so an interrupted confirm resumes), `workers` at a time, and rewrite
+    the table after each finished run."""
     slug = study_slug(study_name)
     table = root / "data" / slug / "confirm.csv"
     done = pd.read_csv(table) if table.is_file() else pd.DataFrame(columns=CONFIRM_COLUMNS)
     rows = done.to_dict("records")
     finished = {(str(row["config"]), int(row["seed"])) for row in rows}
     runs_root = root / "runs" / f"{slug}-confirm"
-    for job in jobs:
-        if (job.label, job.seed) in finished:
-            continue
+    # Side by side, each run gets its share of the cores, so their thread pools never oversubscribe them.
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)} if workers > 1 else None
+    lock, failed = threading.Lock(), threading.Event()
+
+    def run(job: Job) -> None:
+        if failed.is_set():  # a failed run stops the queue; runs already going finish and are kept
+            return
         run_name = f"confirm-{job.label}-s{job.seed}" + (f"-{max_steps}steps" if max_steps else "")
         args = [*job.config_args, "--seed_everything", str(job.seed), "--run_name", run_name]
         args += ["--trainer.default_root_dir", str(runs_root), "--tracking.root", str(root)]
         args += ["--tracking.mlflow_experiment", "lit_tuning-confirm"]
         args += ["--trainer.max_steps", str(max_steps)] if max_steps else []
         print(f"confirm: {job.label} seed {job.seed}", flush=True)
-        result = subprocess.run(
-            [sys.executable, "-m", "lit_tuning", "fit", *args, *extra], capture_output=True, text=True
-        )
+        command = [sys.executable, "-m", "lit_tuning", "fit", *args, *extra]
+        result = subprocess.run(command, capture_output=True, text=True, env=env)
         if result.returncode != 0:
+            failed.set()
             raise ReportError(f"fit {' '.join(args)} failed (exit {result.returncode}):\n{result.stderr[-3000:]}")
-        rows.append(
-            {
-                "config": job.label,
-                "seed": job.seed,
-                "value": final_value(runs_root / run_name, job.metric),
-                "run_dir": str(runs_root / run_name),
-            }
-        )
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=CONFIRM_COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-        atomic_write(table, buffer.getvalue())
+        row = {"config": job.label, "seed": job.seed, "value": final_value(runs_root / run_name, job.metric),
+               "run_dir": str(runs_root / run_name)}  # fmt: skip
+        with lock:
+            rows.append(row)
+            buffer = io.StringIO()
+            writer = csv.DictWriter(buffer, fieldnames=CONFIRM_COLUMNS)
+            writer.writeheader()
+            writer.writerows(rows)
+            atomic_write(table, buffer.getvalue())
+
+    todo = [job for job in jobs if (job.label, job.seed) not in finished]
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = [pool.submit(run, job) for job in todo]
+    errors = [future.exception() for future in futures if future.exception()]
+    if errors:
+        raise errors[0]
     return table
 
 
@@ -111,6 +129,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top-k", type=Count, default=2, help="how many of the best configs to re-run (default 2)")
     parser.add_argument("--seeds", type=Count, default=3, help="seeds per config, 0..N-1 (default 3)")
     parser.add_argument("--max-steps", type=Count | None, default=None, help="override trainer.max_steps (smoke tests)")
+    parser.add_argument(
+        "--workers", type=Count, default=1, help="runs side by side, sharing the CPU cores (default 1; 2 on 2 cores)"
+    )
     parser.add_argument("--dry-run", action="store_true", help="print the planned runs and exit")
     # Options the parser does not know go to every `fit` (e.g. --tracking.wandb_mode=disabled).
     own, extra = split_known(parser, sys.argv[1:] if argv is None else argv)
@@ -122,7 +143,9 @@ def main(argv: list[str] | None = None) -> int:
             for job in jobs:
                 print(job.label, job.seed, " ".join(job.config_args))
             return 0
-        table = run_jobs(study.study_name, jobs, root=args.root, max_steps=args.max_steps, extra=tuple(extra))
+        table = run_jobs(
+            study.study_name, jobs, root=args.root, max_steps=args.max_steps, extra=tuple(extra), workers=args.workers
+        )
     except ReportError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
