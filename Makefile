@@ -96,9 +96,10 @@ bench-search: install ## Replay search strategies on benchmarks/search/table.csv
 	$(BIN)/python -m lit_tuning.bench.search $(ARGS)
 	$(BIN)/python -m lit_tuning.bench.claims
 
-# One worker with one thread at the lowest priority, so the recording can run beside other work; re-run to resume.
-bench-search-record: install ## Record (or resume) the benchmark table through the real sweep (40 runs x 1,000 steps)
-	nice -n 19 taskset -c 0 $(BIN)/python -m lit_tuning.bench.search_table $(ARGS)
+# At the lowest priority, so the recording can run beside other work (steps, not seconds, are what it records);
+# one 1-thread worker by default, ARGS="--workers 2" on a quiet 2-core machine; re-run to resume.
+bench-search-record: install ## Record (or resume) the benchmark table through the real sweep (28 runs, 42,000 steps)
+	nice -n 19 $(BIN)/python -m lit_tuning.bench.search_table $(ARGS)
 
 bench-hardware: install ## fit vs bare lean loop, cold vs warm trials (SmolLM2-135M-shaped), CPU worker plans [ARGS=--quick]
 	$(BIN)/python -m lit_tuning.bench.hardware $(ARGS)

@@ -202,7 +202,7 @@ def test_narrowing_check_replays_studies_and_reads_the_proposed_space():
 
 def test_recording_a_bad_stage_says_why_in_one_line_and_writes_no_table(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
-    bad.write_text(STAGES[0].read_text().replace("candidates: [8, 32]", "candidates: [8, zero]"))
+    bad.write_text(STAGES[0].read_text().replace("candidates: [16, 64]", "candidates: [16, zero]"))
     out = tmp_path / "table.csv"
     code = search_table.main([f"--stages={bad}", f"--storage=sqlite:///{tmp_path / 'o.db'}", f"--root={tmp_path}",
                               f"--out={out}"])  # fmt: skip

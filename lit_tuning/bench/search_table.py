@@ -13,7 +13,7 @@ import yaml
 from jsonargparse import ArgumentParser, Namespace
 
 from lit_tuning.bench.curves import CurveTable, from_frame
-from lit_tuning.commands import command_parser, listed, parse_or_exit
+from lit_tuning.commands import Count, command_parser, listed, parse_or_exit
 from lit_tuning.experiment.search_space import SearchSpace, SearchSpaceError, load_search_space
 from lit_tuning.files import atomic_write
 from lit_tuning.paths import RESULTS_ROOT
@@ -29,11 +29,11 @@ CONFIG_KEYS = ("model.learning_rate", "model.lora_r", "model.lora_alpha", "data.
 SEED_KEY = "seed_everything"
 
 
-def record_stage(space_path: Path, *, storage: str, root: Path, fit_args: list[str]) -> int:
-    """Run (or resume) one stage's study through the sweep command line: one worker; return the sweep's exit code."""
+def record_stage(space_path: Path, *, storage: str, root: Path, workers: int, fit_args: list[str]) -> int:
+    """Run (or resume) one stage's study through the sweep command line; return the sweep's exit code."""
     command = [
         sys.executable, "-m", "lit_tuning.sweep", f"--search-space={space_path}", f"--storage={storage}",
-        f"--results-root={root}", "--workers=1", "--", "--tracking.wandb_mode=disabled", *fit_args,
+        f"--results-root={root}", f"--workers={workers}", "--", "--tracking.wandb_mode=disabled", *fit_args,
     ]  # fmt: skip
     return subprocess.run(command).returncode
 
@@ -105,6 +105,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", type=Path, default=RECORD_ROOT, help="run directories and tracker stores")
     parser.add_argument("--out", type=Path, default=TABLE, help=f"the table CSV (default {TABLE})")
     parser.add_argument("--export-only", action="store_true", help="write the table from what is recorded so far")
+    parser.add_argument(
+        "--workers", type=Count, default=1, help="sweep workers (1 leaves a core free; 2 on a quiet 2-core host)"
+    )
     args = parse_or_exit(parser, own)  # what follows `--` is passed to every `fit`
     stages = tuple(listed(args.stages))
     try:
@@ -115,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     args.root.mkdir(parents=True, exist_ok=True)
     for path in () if args.export_only else stages:
-        code = record_stage(path, storage=args.storage, root=args.root, fit_args=fit_args)
+        code = record_stage(path, storage=args.storage, root=args.root, workers=args.workers, fit_args=fit_args)
         atomic_write(args.out, export_table(stages, storage=args.storage).to_csv(index=False))
         if code:  # the sweep said why on its own line; the table keeps what was recorded
             print(f"{path}: the sweep exited with code {code}; re-run to resume", file=sys.stderr)
