@@ -178,16 +178,17 @@ def test_oat_exports_as_the_full_grid_with_a_note():
 
 def test_sampler_sweep_distributions_and_hyperband(tmp_path: Path):
     config, notes = sweep_config(load_search_space(SPACES / "default.yaml"))
-    assert config["method"] == "bayes" and config["run_cap"] == 24
+    assert config["method"] == "bayes" and config["run_cap"] == 30
     assert config["metric"] == {"name": "val/letter_position_accuracy", "goal": "maximize"}
     assert config["parameters"]["model.learning_rate"] == {
         "distribution": "log_uniform_values",
-        "min": 1e-3,
-        "max": 1e-2,
+        "min": 3e-4,
+        "max": 3e-3,
     }
-    assert config["parameters"]["model.lora_dropout"] == {"distribution": "uniform", "min": 0.0, "max": 0.2}
-    assert "early_terminate" not in config
-    assert notes == ["W&B early termination is hyperband only: pruner median is not exported"]
+    assert config["parameters"]["trainer.max_steps"] == {"values": [1000, 2000]}
+    # successive halving from step 100 (the first validation): W&B's hyperband from its first logged value
+    assert config["early_terminate"] == {"type": "hyperband", "min_iter": 1, "eta": 3}
+    assert notes == []
     document = yaml.safe_load((SPACES / "default.yaml").read_text())
     document["pruner"] = {"type": "hyperband", "min_resource": 100, "max_resource": 1000, "reduction_factor": 3}
     (tmp_path / "hyperband.yaml").write_text(yaml.safe_dump(document))
@@ -195,6 +196,11 @@ def test_sampler_sweep_distributions_and_hyperband(tmp_path: Path):
     # min_resource 100 steps = the first validation (every 100 batches, no accumulation): W&B iteration 1
     assert config["early_terminate"] == {"type": "hyperband", "min_iter": 1, "eta": 3}
     assert notes == []
+    document["pruner"] = {"type": "median", "n_warmup_steps": 200}
+    (tmp_path / "median.yaml").write_text(yaml.safe_dump(document))
+    config, notes = sweep_config(load_search_space(tmp_path / "median.yaml"))
+    assert "early_terminate" not in config
+    assert notes == ["W&B early termination is hyperband only: pruner median is not exported"]
 
 
 def test_range_kinds_map_to_wandb_distributions(tmp_path: Path):

@@ -52,7 +52,8 @@ def sweep_config(space: SearchSpace) -> tuple[dict[str, Any], list[str]]:
         config["description"] = space.description
     if space.strategy not in ENUMERATED:
         config["run_cap"] = space.n_trials
-    if space.pruner == "hyperband":
+    if space.pruner in ("hyperband", "successive_halving"):
+        # W&B's hyperband stops runs at rungs min_iter * eta^k, as successive halving does in one bracket.
         config["early_terminate"] = _hyperband(space)
     elif space.pruner != "none":
         notes.append(f"W&B early termination is hyperband only: pruner {space.pruner} is not exported")
