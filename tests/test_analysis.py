@@ -55,6 +55,20 @@ def test_pruning_savings_counts_steps_not_run(tmp_path: Path) -> None:
     assert tables.pruning_savings(trial_record.trials_frame(study))["full_steps"] == FULL_STEPS  # longest trial
 
 
+def test_pruning_savings_count_up_to_each_trials_own_tuned_length(tmp_path: Path) -> None:
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'l.db'}", direction="maximize")
+    length = optuna.distributions.CategoricalDistribution([1000, 2000])
+    for state, steps, max_steps in (("COMPLETE", 2000, 2000), ("PRUNED", 100, 1000), ("PRUNED", 300, 2000)):
+        study.add_trial(optuna.trial.create_trial(
+            state=getattr(optuna.trial.TrialState, state), value=0.5 if state == "COMPLETE" else None,
+            params={"trainer.max_steps": max_steps}, distributions={"trainer.max_steps": length},
+            intermediate_values={steps: 0.2}, user_attrs={"steps": steps, "tokens": 10 * steps},
+        ))  # fmt: skip
+    savings = tables.pruning_savings(trial_record.trials_frame(study))
+    assert savings["steps_saved"] == (1000 - 100) + (2000 - 300)  # not (2000 - 100) + (2000 - 300)
+    assert savings["tokens_saved"] == 10 * savings["steps_saved"]
+
+
 def test_pareto_front_keeps_only_undominated_trials(tmp_path: Path) -> None:
     study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'p.db'}", direction="maximize")
     for cost, value in ((100, 0.5), (200, 0.6), (300, 0.55), (50, 0.3), (100, 0.45)):

@@ -65,7 +65,7 @@ def compute_report(study: optuna.Study, *, storage: str, root: Path, n_resamples
     next_space, notes = None, []
     if space is not None and not verdict_table.empty:
         next_space, notes = narrowed_space(space, trials, verdict_table, study=name, direction=direction)
-    full_steps = None  # pruning savings count up to the space's fixed training length, else the longest trial
+    full_steps = None  # savings count up to the space's fixed training length, else each trial's tuned one
     if space is not None and "trainer.max_steps" not in space.parameters:
         full_steps = int(space.resolved_base["trainer.max_steps"])
     interaction = interaction_data(trials, direction=direction)

@@ -14,6 +14,8 @@ from lit_tuning.sweep.trial_record import (
     param_columns,
 )
 
+TUNED_LENGTH = PARAM_PREFIX + "trainer.max_steps"  # the trials table's column when a study tunes training length
+
 
 def with_compute(trials: pd.DataFrame, *, direction: str) -> pd.DataFrame:
     """Add compute (training tokens, or steps where tokens are unknown), its running total and the best value so far."""
@@ -55,13 +57,17 @@ def study_summary(trials: pd.DataFrame, *, direction: str) -> dict:
 
 
 def pruning_savings(trials: pd.DataFrame, full_steps: int | None = None) -> dict:
-    """Steps and tokens the pruned trials did not run, against each running full_steps (default: longest trial)."""
+    """Steps and tokens the pruned trials did not run, against each running full_steps; by default its own tuned
+    trainer.max_steps where the study tunes it, else the longest trial's steps."""
     finished = trials[trials["state"].isin(FINISHED_STATES) & trials["steps"].notna()]
     if full_steps is None:
         full_steps = int(finished["steps"].max()) if len(finished) else 0
     pruned = finished[finished["state"] == "PRUNED"]
     steps_run = pruned["steps"].astype("int64")
-    saved_steps = (full_steps - steps_run).clip(lower=0)
+    lengths = pd.Series(full_steps, index=pruned.index, dtype="float64")
+    if TUNED_LENGTH in pruned.columns:  # a 1,000-step trial stopped at 100 saved 900, not the longest trial's rest
+        lengths = pd.to_numeric(pruned[TUNED_LENGTH], errors="coerce").fillna(lengths)
+    saved_steps = (lengths - steps_run).clip(lower=0).astype("int64")
     # Tokens a pruned trial would have seen: its own tokens per step (batch size differs between trials).
     per_step = pruned["tokens"].astype("Float64") / steps_run.where(steps_run > 0)
     saved_tokens = (per_step * saved_steps).fillna(0)
