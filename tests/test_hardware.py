@@ -9,6 +9,8 @@ import pytest
 import torch
 
 from lit_tuning.bench import gpu_check
+from lit_tuning.bench.sweep import bench_space
+from lit_tuning.experiment.search_space import load_search_space
 from lit_tuning.train.shaped_models import SHAPES, shaped_config
 from tests.conftest import ROOT, micro_args, run_cli
 
@@ -86,3 +88,10 @@ def test_bench_hardware_quick_writes_every_figure(micro_model_dir: Path, tmp_pat
     assert (table["ratio"] > 0).all() and (tmp_path / "hardware.png").is_file()
     warm_rows = pd.read_csv(tmp_path / "hardware_warm.csv")
     assert set(warm_rows["mode"]) == {"cold", "warm"}
+
+
+def test_bench_space_trains_every_trial_the_same_number_of_steps(tmp_path: Path):
+    # The default space tunes trainer.max_steps; the throughput benchmark must not.
+    space = load_search_space(bench_space(tmp_path, trials=3, steps=7, model="embedded:micro"))
+    assert "trainer.max_steps" not in space.parameters
+    assert space.resolved_base["trainer.max_steps"] == 7 and space.pruner == "none"

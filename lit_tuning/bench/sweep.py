@@ -21,7 +21,9 @@ def bench_space(folder: Path, trials: int, steps: int, model: str = "embedded:ti
     """A random study of the default experiment with pruning off, so every run trains the same number of steps."""
     document = yaml.safe_load(DEFAULT_SEARCH_SPACE.read_text())
     document.update({"name": "bench", "strategy": "random", "n_trials": trials, "pruner": "none"})
-    document["base"]["overrides"].update(
+    # Every run trains `steps` steps: a training length the default space tunes is fixed here instead.
+    document["parameters"].pop("trainer.max_steps", None)
+    document["base"].setdefault("overrides", {}).update(
         {
             "trainer.max_steps": steps,
             "trainer.val_check_interval": steps,
