@@ -47,7 +47,7 @@ def make_pruner(name: str, table: CurveTable) -> optuna.pruners.BasePruner:
     first, last = _first_step(table), _last_step(table)
     if name == "none":
         return optuna.pruners.NopPruner()
-    if name == "median":  # the default study's settings (configs/hyperparameters/search_spaces/default.yaml)
+    if name == "median":  # warm-up 2 validations, then every 3 (the default study before the benchmark)
         return optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=2 * first, interval_steps=3 * first)
     if name == "sha":
         return optuna.pruners.SuccessiveHalvingPruner(min_resource=first, reduction_factor=3)
