@@ -20,6 +20,7 @@ from lit_tuning.analysis.significance import BASE_LABEL
 from lit_tuning.commands import Count, add_study_options, command_parser, parse_or_exit, split_known
 from lit_tuning.files import atomic_write
 from lit_tuning.paths import BASE_CONFIG, study_slug
+from lit_tuning.sweep.devices import with_threads
 from lit_tuning.train.metrics import PRIMARY_METRIC
 
 CONFIRM_COLUMNS = ["config", "seed", "value", "run_dir"]
@@ -85,7 +86,7 @@ def run_jobs(
     runs_root = root / "runs" / f"{slug}-confirm"
     # Side by side, each run gets its share of the cores, so their thread pools never oversubscribe them.
     threads = max(1, (os.cpu_count() or 1) // workers)
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)} if workers > 1 else None
+    env = with_threads(threads) if workers > 1 else None
     lock, failed = threading.Lock(), threading.Event()
 
     def run(job: Job) -> None:

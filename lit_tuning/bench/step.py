@@ -22,6 +22,7 @@ import torch
 
 from lit_tuning.commands import Count, command_parser, listed, parse_or_exit
 from lit_tuning.paths import BASE_CONFIG
+from lit_tuning.sweep.devices import with_threads
 
 SKIP_STEPS = 20  # as bench.tracking.StepTimer: the first steps warm up allocators and caches
 
@@ -63,11 +64,6 @@ def bare_loop_ms(model: str, steps: int, batch_size: int) -> float:
     return 1000 * total / max(1, timed)
 
 
-def thread_env(threads: int) -> dict[str, str]:
-    """The environment of a measured process: this one's, with `threads` intra-op threads."""
-    return {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-
-
 def fit_ms(model: str, steps: int, batch_size: int, threads: int, root: Path) -> float:
     """Mean ms of a training step of `fit` with every tracker on (CSV, MLflow, W&B offline; validation excluded)."""
     run_name = f"fit-{time.time_ns()}"
@@ -78,7 +74,7 @@ def fit_ms(model: str, steps: int, batch_size: int, threads: int, root: Path) ->
         "--trainer.default_root_dir", str(root / "runs"), "--tracking.root", str(root), "--run_name", run_name,
         "--tracking.wandb_mode", "offline", "--trainer.callbacks+=lit_tuning.bench.tracking.StepTimer",
     ]  # fmt: skip
-    subprocess.run(command, check=True, capture_output=True, env=thread_env(threads))
+    subprocess.run(command, check=True, capture_output=True, env=with_threads(threads))
     return json.loads((root / "runs" / run_name / "step_timing.json").read_text())["ms_per_step"]
 
 
@@ -90,7 +86,7 @@ def measure(mode: str, *, model: str, steps: int, batch_size: int, threads: int,
         sys.executable, "-m", "lit_tuning.bench.step", "--bare-once", "--model", model, "--steps", str(steps),
         "--batch-size", str(batch_size),
     ]  # fmt: skip
-    result = subprocess.run(command, check=True, capture_output=True, text=True, env=thread_env(threads))
+    result = subprocess.run(command, check=True, capture_output=True, text=True, env=with_threads(threads))
     return float(result.stdout.strip().splitlines()[-1])
 
 

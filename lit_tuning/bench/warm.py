@@ -9,7 +9,6 @@ after each trial shows whether a long-lived worker's memory grows without bound.
 from __future__ import annotations
 
 import json
-import os
 import resource
 import statistics
 import subprocess
@@ -22,6 +21,7 @@ from typing import Literal
 
 from lit_tuning.commands import Count, command_parser, parse_or_exit
 from lit_tuning.paths import BASE_CONFIG
+from lit_tuning.sweep.devices import with_threads
 
 SHAPE = "smollm2-135m"
 
@@ -63,8 +63,7 @@ def measure(model_dir: str, trials: int, warm_on: bool, threads: int) -> list[di
     root = Path(tempfile.mkdtemp(prefix="lit_tuning-bench-warm-"))
     command = [sys.executable, "-m", "lit_tuning.bench.warm", "--once", "warm" if warm_on else "cold"]
     command += ["--model-dir", model_dir, "--trials", str(trials), "--root", str(root)]
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    result = subprocess.run(command, check=True, capture_output=True, text=True, env=env)
+    result = subprocess.run(command, check=True, capture_output=True, text=True, env=with_threads(threads))
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 

@@ -74,7 +74,7 @@ def plan_workers(
                 index=index,
                 device=f"cuda:{gpus[(index // workers_per_gpu) % len(gpus)]}",
                 # The worker sees one GPU, as cuda:0: a trial never lands on another worker's device.
-                env={"CUDA_VISIBLE_DEVICES": gpus[(index // workers_per_gpu) % len(gpus)], **_thread_env(threads)},
+                env={"CUDA_VISIBLE_DEVICES": gpus[(index // workers_per_gpu) % len(gpus)], **thread_env(threads)},
                 fit_args=("--trainer.accelerator=gpu", "--trainer.devices=1"),
                 threads=threads,
             )
@@ -87,7 +87,7 @@ def plan_workers(
         WorkerPlan(
             index=index,
             device="cpu",
-            env={"CUDA_VISIBLE_DEVICES": "", **_thread_env(threads)},
+            env={"CUDA_VISIBLE_DEVICES": "", **thread_env(threads)},
             fit_args=("--trainer.accelerator=cpu", f"--trainer.devices={devices_per_trial}", *ddp),
             threads=threads,
             devices_per_trial=devices_per_trial,
@@ -105,7 +105,7 @@ def _ddp_gpu_plans(workers: int | None, gpus: list[str], k: int, cores: int) -> 
         WorkerPlan(
             index=index,
             device="cuda:" + ",".join(groups[index]),
-            env={"CUDA_VISIBLE_DEVICES": ",".join(groups[index]), **_thread_env(threads)},
+            env={"CUDA_VISIBLE_DEVICES": ",".join(groups[index]), **thread_env(threads)},
             fit_args=("--trainer.accelerator=gpu", f"--trainer.devices={k}", "--trainer.strategy=ddp"),
             threads=threads,
             devices_per_trial=k,
@@ -158,6 +158,12 @@ def select_gpus(devices: str) -> list[str]:
     return wanted
 
 
-def _thread_env(threads: int) -> dict[str, str]:
+def thread_env(threads: int) -> dict[str, str]:
+    """The variables that give a process `threads` intra-op threads (read when torch starts in it)."""
     # Set before torch starts in the worker, so its intra-op pools never oversubscribe the shared cores.
     return {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+
+
+def with_threads(threads: int) -> dict[str, str]:
+    """This process's environment for a child process with `threads` intra-op threads."""
+    return {**os.environ, **thread_env(threads)}
