@@ -6,7 +6,8 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from lit_tuning.train.data import PadCollator, SpellingDataModule, SpellingDataset, letter_token_ids, split_words
+from lit_tuning.train.base_model import letter_token_ids
+from lit_tuning.train.data import PadCollator, SpellingDataModule, SpellingDataset, split_words
 from lit_tuning.train.words import ALPHABET, load_words
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from lit_tuning.files import file_lock
 from lit_tuning.train.batching import pad_right
@@ -182,6 +182,23 @@ def train_tokenizer(words: tuple[str, ...], vocab_size: int) -> PreTrainedTokeni
     return wrapped
 
 
+def letter_token_ids(tokenizer: PreTrainedTokenizerBase) -> dict[str, int]:
+    """Map each letter to the id of its answer token ' <letter>', which must be a single token."""
+    ids: dict[str, int] = {}
+    for letter in ALPHABET:
+        pieces = tokenizer.encode(" " + letter, add_special_tokens=False)
+        if len(pieces) != 1:
+            raise ValueError(f"tokenizer splits the answer ' {letter}' into {len(pieces)} tokens; it must be one")
+        ids[letter] = pieces[0]
+    return ids
+
+
+def embedded_config(name_or_path: str) -> LlamaConfig | None:
+    """The architecture of an embedded model from its recipe, without building it; None for an unknown name."""
+    recipe = RECIPES.get(name_or_path.removeprefix(EMBEDDED_PREFIX))
+    return model_config(recipe) if recipe is not None else None
+
+
 def model_config(recipe: BaseModelRecipe, **token_ids: int) -> LlamaConfig:
     """The Llama architecture of a recipe; its module names are known before (and without) a build."""
     return LlamaConfig(
@@ -216,7 +233,7 @@ def build_base_model(recipe: BaseModelRecipe, out_dir: Path) -> None:
     corpus = spelling_corpus(words, recipe.letter_orders, rng)
     lines = [tokenizer.encode(line, add_special_tokens=False) for line in corpus]
     final_loss = _pretrain(model, lines, recipe, tokenizer.pad_token_id, rng)
-    letter_ids = {tokenizer.convert_tokens_to_ids(tokenizer.tokenize(" " + c))[0] for c in ALPHABET}
+    letter_ids = set(letter_token_ids(tokenizer).values())
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     summary = {
@@ -225,6 +242,7 @@ def build_base_model(recipe: BaseModelRecipe, out_dir: Path) -> None:
         "parameters": sum(p.numel() for p in model.parameters()),
         "single_token_words": sum(len(tokenizer.encode(" " + w, add_special_tokens=False)) == 1 for w in words),
         "final_pretrain_loss": round(final_loss, 4),
+        # spelling_corpus puts each word's in-order line first, then its shuffled ones: score the in-order lines.
         "spelling_accuracy": round(_spelling_accuracy(model, lines[:: recipe.letter_orders + 1], letter_ids), 4),
         "lookup_accuracy": round(_lookup_accuracy(model, tokenizer, words), 4),
         "build_seconds": round(time.perf_counter() - started, 1),
@@ -275,7 +293,7 @@ def _spelling_accuracy(model: LlamaForCausalLM, lines: list[list[int]], letter_i
 def _lookup_accuracy(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, words: tuple[str, ...]) -> float:
     """Fraction of (word, position) pairs whose letter the model names right after ' word: k' (no recital)."""
     pairs = [(word, position) for word in words for position in range(1, len(word) + 1)]
-    id_of = {letter: tokenizer.convert_tokens_to_ids(tokenizer.tokenize(" " + letter))[0] for letter in ALPHABET}
+    id_of = letter_token_ids(tokenizer)
     allowed = torch.tensor(sorted(id_of.values()))  # the answer is the likeliest letter, as in the LoRA task
     correct = 0
     for start in range(0, len(pairs), 512):

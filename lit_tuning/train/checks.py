@@ -14,14 +14,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from lit_tuning.tracking.settings import TrackingSettings
 from lit_tuning.tracking.store import server_problem
-from lit_tuning.train.base_model import (
-    EMBEDDED_PREFIX,
-    RECIPES,
-    is_embedded,
-    looks_like_local_path,
-    model_config,
-    resolve_model_path,
-)
+from lit_tuning.train.base_model import embedded_config, is_embedded, looks_like_local_path, resolve_model_path
 from lit_tuning.train.data import check_prompt, word_split
 from lit_tuning.train.module import check_module_arguments
 from lit_tuning.train.problems import ArgumentProblem
@@ -172,10 +165,9 @@ def module_names(model_name_or_path: str) -> tuple[str, ...] | None:
     if not (is_embedded(model_name_or_path) or looks_like_local_path(model_name_or_path)):
         return None
     if is_embedded(model_name_or_path):  # from the recipe: a check must not start a minutes-long build
-        recipe = RECIPES.get(model_name_or_path.removeprefix(EMBEDDED_PREFIX))
-        if recipe is None:
+        config = embedded_config(model_name_or_path)
+        if config is None:
             return None  # an unknown name: the model reference check names the allowed ones
-        config = model_config(recipe)
     else:
         config = AutoConfig.from_pretrained(resolve_model_path(model_name_or_path))
     with torch.device("meta"):

@@ -14,11 +14,11 @@ from torch.utils.data import DataLoader, Dataset
 from transformers import PreTrainedTokenizerBase
 
 from lit_tuning.train import warm
-from lit_tuning.train.base_model import resolve_model_path
+from lit_tuning.train.base_model import letter_token_ids, resolve_model_path
 from lit_tuning.train.batching import pad_right
 from lit_tuning.train.metrics import best_constant_per_position_accuracy, chance_accuracy
 from lit_tuning.train.problems import ArgumentProblem
-from lit_tuning.train.words import ALPHABET, load_words
+from lit_tuning.train.words import load_words
 
 DEFAULT_PROMPT = "What is letter {position} of {word}? Answer:"
 
@@ -109,17 +109,6 @@ class SpellingDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[list[int], int]:
         return self.examples[index]
-
-
-def letter_token_ids(tokenizer: PreTrainedTokenizerBase) -> dict[str, int]:
-    """Map each letter to the id of its answer token ' <letter>', which must be a single token."""
-    ids: dict[str, int] = {}
-    for letter in ALPHABET:
-        pieces = tokenizer.encode(" " + letter, add_special_tokens=False)
-        if len(pieces) != 1:
-            raise ValueError(f"tokenizer splits the answer ' {letter}' into {len(pieces)} tokens; it must be one")
-        ids[letter] = pieces[0]
-    return ids
 
 
 class PadCollator:
