@@ -60,12 +60,13 @@ def pruning_savings(trials: pd.DataFrame, full_steps: int | None = None) -> dict
     """Steps and tokens the pruned trials did not run, against each running full_steps; by default its own tuned
     trainer.max_steps where the study tunes it, else the longest trial's steps."""
     finished = trials[trials["state"].isin(FINISHED_STATES) & trials["steps"].notna()]
-    if full_steps is None:
-        full_steps = int(finished["steps"].max()) if len(finished) else 0
     pruned = finished[finished["state"] == "PRUNED"]
     steps_run = pruned["steps"].astype("int64")
+    tuned = full_steps is None and TUNED_LENGTH in pruned.columns
+    if full_steps is None:
+        full_steps = int(finished["steps"].max()) if len(finished) else 0
     lengths = pd.Series(full_steps, index=pruned.index, dtype="float64")
-    if TUNED_LENGTH in pruned.columns:  # a 1,000-step trial stopped at 100 saved 900, not the longest trial's rest
+    if tuned:  # a 1,000-step trial stopped at 100 saved 900, not the longest trial's rest
         lengths = pd.to_numeric(pruned[TUNED_LENGTH], errors="coerce").fillna(lengths)
     saved_steps = (lengths - steps_run).clip(lower=0).astype("int64")
     # Tokens a pruned trial would have seen: its own tokens per step (batch size differs between trials).
