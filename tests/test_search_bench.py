@@ -140,6 +140,15 @@ def test_benchmark_command_writes_the_figure_of_merit(tmp_path, capsys):
     assert curves[curves.strategy == "grid+none"]["median"].iloc[-1] == pytest.approx(quality(BEST))
 
 
+def test_unknown_strategy_is_one_line_and_exit_2(tmp_path, capsys):
+    path = tmp_path / "table.csv"
+    table_frame(synthetic()).to_csv(path, index=False)
+    assert search.main([f"--table={path}", "--strategies", "[tpe+none,nope]", f"--out={tmp_path}"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "'nope'" in error and "tpe+none" in error and "oat" in error
+    assert not (tmp_path / "replay_summary.csv").exists()
+
+
 def test_bad_where_is_one_line_and_exit_2(tmp_path, capsys):
     path = tmp_path / "table.csv"
     table_frame(synthetic()).to_csv(path, index=False)

@@ -141,6 +141,11 @@ def main(argv: list[str] | None = None) -> int:
     table = open_table(args)
     if table is None:
         return 2
+    known = [s.name for s in strategies()]
+    unknown = [name for name in listed(args.strategies or []) if name not in known]
+    if unknown:
+        print(f"--strategies {unknown}: unknown; allowed: {', '.join(known)}", file=sys.stderr)
+        return 2
     chosen = [s for s in strategies() if not args.strategies or s.name in listed(args.strategies)]
     warnings.filterwarnings("ignore", category=UserWarning, module="optuna")  # experimental-sampler notices
     budget = table.full_steps()
