@@ -178,29 +178,33 @@ def test_oat_exports_as_the_full_grid_with_a_note():
 
 def test_sampler_sweep_distributions_and_hyperband(tmp_path: Path):
     config, notes = sweep_config(load_search_space(SPACES / "default.yaml"))
-    assert config["method"] == "bayes" and config["run_cap"] == 30
+    assert config["method"] == "bayes" and config["run_cap"] == 12
     assert config["metric"] == {"name": "val/letter_position_accuracy", "goal": "maximize"}
     assert config["parameters"]["model.learning_rate"] == {
         "distribution": "log_uniform_values",
-        "min": 3e-4,
-        "max": 3e-3,
+        "min": 5e-4,
+        "max": 2e-3,
     }
+    assert config["parameters"]["model.lora_alpha"] == {"distribution": "log_uniform_values", "min": 32.0, "max": 128.0}
+    assert config["parameters"]["model.lora_r"] == {"values": list(range(16, 65))}  # no integer log distribution
     assert config["parameters"]["trainer.max_steps"] == {"values": [1000, 2000]}
-    # successive halving from step 100 (the first validation): W&B's hyperband from its first logged value
-    assert config["early_terminate"] == {"type": "hyperband", "min_iter": 1, "eta": 3}
-    assert notes == []
+    assert "early_terminate" not in config  # the default study prunes nothing
+    assert len(notes) == 2 and all("exported as its int values" in note for note in notes)
     document = yaml.safe_load((SPACES / "default.yaml").read_text())
-    document["pruner"] = {"type": "hyperband", "min_resource": 100, "max_resource": 1000, "reduction_factor": 3}
-    (tmp_path / "hyperband.yaml").write_text(yaml.safe_dump(document))
-    config, notes = sweep_config(load_search_space(tmp_path / "hyperband.yaml"))
-    # min_resource 100 steps = the first validation (every 100 batches, no accumulation): W&B iteration 1
-    assert config["early_terminate"] == {"type": "hyperband", "min_iter": 1, "eta": 3}
-    assert notes == []
+    # successive halving and hyperband from step 100 (the first validation, every 100 batches, no accumulation):
+    # W&B's hyperband from its first logged value, W&B iteration 1
+    for pruner in (
+        {"type": "successive_halving", "min_resource": 100, "reduction_factor": 3},
+        {"type": "hyperband", "min_resource": 100, "max_resource": 1000, "reduction_factor": 3},
+    ):
+        (tmp_path / "pruned.yaml").write_text(yaml.safe_dump(document | {"pruner": pruner}))
+        config, _ = sweep_config(load_search_space(tmp_path / "pruned.yaml"))
+        assert config["early_terminate"] == {"type": "hyperband", "min_iter": 1, "eta": 3}, pruner["type"]
     document["pruner"] = {"type": "median", "n_warmup_steps": 200}
     (tmp_path / "median.yaml").write_text(yaml.safe_dump(document))
     config, notes = sweep_config(load_search_space(tmp_path / "median.yaml"))
     assert "early_terminate" not in config
-    assert notes == ["W&B early termination is hyperband only: pruner median is not exported"]
+    assert "W&B early termination is hyperband only: pruner median is not exported" in notes
 
 
 def test_range_kinds_map_to_wandb_distributions(tmp_path: Path):
