@@ -98,7 +98,7 @@ bench-search: install ## Replay search strategies on benchmarks/search/table.csv
 
 # At the lowest priority, so the recording can run beside other work (steps, not seconds, are what it records);
 # one 1-thread worker by default, ARGS="--workers 2" on a quiet 2-core machine; re-run to resume.
-bench-search-record: install ## Record (or resume) the benchmark table through the real sweep (28 runs, 42,000 steps)
+bench-search-record: install ## Record (or resume) the benchmark table through the real sweep (5 stages, 37 runs)
 	nice -n 19 $(BIN)/python -m lit_tuning.bench.search_table $(ARGS)
 
 bench-hardware: install ## fit vs bare lean loop, cold vs warm trials (SmolLM2-135M-shaped), CPU worker plans [ARGS=--quick]

@@ -109,8 +109,8 @@ def table_frame(table: CurveTable) -> pd.DataFrame:
         for seed, curve in enumerate(runs, start=42):
             for step, tokens, value in zip(curve.steps, curve.tokens, curve.values, strict=True):
                 values = dict(zip(AXES, config, strict=True))
-                rows.append({**values, "data.batch_size": 64, "trainer.max_steps": 1000, SEED_KEY: seed,
-                             "step": step, "tokens": tokens, "value": value})  # fmt: skip
+                rows.append({"study": "bench_core", **values, "data.batch_size": 64, "trainer.max_steps": 1000,
+                             SEED_KEY: seed, "step": step, "tokens": tokens, "value": value})  # fmt: skip
     return pd.DataFrame(rows)
 
 
@@ -179,6 +179,33 @@ def test_export_reads_completed_trials_of_the_recorded_stages(tmp_path):
     assert first["model.lora_r"] == 8 and first["data.batch_size"] == 64 and first[SEED_KEY] == 42
 
 
+def test_export_keeps_the_rows_of_stages_recorded_in_another_storage(tmp_path):
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    optuna.create_study(study_name="bench_core", storage=storage, direction="maximize")  # recorded here, no trial yet
+    before = pd.DataFrame(
+        [
+            {"study": study, "trial": 0, **dict.fromkeys(CONFIG_KEYS, 1), SEED_KEY: 42, "step": 100, "tokens": 9,
+             "value": value}
+            for study, value in (("bench_core", 0.1), ("bench_seeds_base", 0.2), ("elsewhere", 0.3))
+        ]
+    )  # fmt: skip
+    frame = export_table((*STAGES[:2], STAGES[1].resolve()), storage=storage, recorded=before)
+    # bench_core comes from this storage (empty now), bench_seeds_base from the table before (once, though named
+    # twice), and rows of a study that is no stage are not carried over
+    assert list(frame.study) == ["bench_seeds_base"] and list(frame.value) == [0.2]
+
+
+def test_recording_refuses_a_table_file_that_is_not_one(tmp_path, capsys):
+    out = tmp_path / "table.csv"
+    out.write_text("a,b\n1,2\n")
+    code = search_table.main([f"--storage=sqlite:///{tmp_path / 'o.db'}", f"--root={tmp_path / 'runs'}",
+                              f"--out={out}"])  # fmt: skip
+    assert code == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and str(out) in error and "study" in error
+    assert out.read_text() == "a,b\n1,2\n" and not (tmp_path / "runs").exists() and not (tmp_path / "o.db").exists()
+
+
 def test_variance_shares_of_an_additive_table_have_no_interaction():
     shares = claims.variance_shares(synthetic()).set_index("term").share
     assert shares["model.learning_rate"] > shares["model.lora_r"] > shares["model.lora_alpha"] > 0
@@ -225,3 +252,45 @@ def test_the_benchmark_compares_every_sampler_with_every_pruner():
     for sampler in ("grid", "random", "tpe", "gp", "qmc", "cmaes"):
         assert {(sampler, pruner, False) for pruner in ("none", "median", "sha", "hyperband")} <= chosen
     assert ("oat", "none", False) in chosen and ("grid", "none", True) in chosen
+
+
+def batch_stage_frame(best_batch: dict[float, int]) -> pd.DataFrame:
+    """The batch stages' slice (r 64, alpha 128, 2,000 steps): lr x batch, each lr best at its given batch size."""
+    rows = []
+    for lr, batch in itertools.product(AXES["model.learning_rate"], (32, 64, 128)):
+        final = 0.5 + 0.1 * (batch == best_batch[lr])
+        for step in STEPS:
+            study = "bench_batch_64" if batch == 64 else "bench_batch"
+            rows.append({"study": study, "model.learning_rate": lr, "model.lora_r": 64, "model.lora_alpha": 128,
+                         "data.batch_size": batch, "trainer.max_steps": 2000, SEED_KEY: 42, "step": step,
+                         "tokens": batch * step, "value": final * step / STEPS[-1]})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def test_batch_stage_is_checked_on_its_slice_and_leaves_the_replay_grid_alone(tmp_path, capsys):
+    best_batch = {0.001: 32, 0.003: 64, 0.01: 128}
+    path = tmp_path / "table.csv"
+    batch_stage_frame(best_batch).to_csv(path, index=False)
+    effect = claims.batch_sections(path)["batch_size"].set_index("model.learning_rate")
+    assert effect.best_batch.to_dict() == best_batch
+    assert effect.loc[0.01, "batch_128"] == pytest.approx(0.6) and effect.loc[0.01, "batch_32"] == pytest.approx(0.5)
+    # the replay reads the core stages only: the batch stages' runs neither add configs nor seeds to its grid
+    pd.concat([table_frame(synthetic()), batch_stage_frame(best_batch)]).to_csv(path, index=False)
+    assert search.main([f"--table={path}", "--seeds=1", f"--out={tmp_path}", "--strategies", "[grid+none]"]) == 0
+    assert "12 configs over ['model.learning_rate', 'model.lora_r', 'model.lora_alpha']" in capsys.readouterr().out
+
+
+def test_a_table_without_the_batch_stage_skips_its_check_and_says_so(tmp_path, capsys):
+    path = tmp_path / "table.csv"
+    table_frame(synthetic()).to_csv(path, index=False)
+    assert claims.batch_sections(path) == {}
+    assert "batch size: not checked" in capsys.readouterr().err
+
+
+def test_a_table_without_its_study_column_is_refused_in_one_line(tmp_path, capsys):
+    path = tmp_path / "table.csv"
+    table_frame(synthetic()).drop(columns="study").to_csv(path, index=False)
+    assert search.main([f"--table={path}", "--seeds=1", f"--out={tmp_path}"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and str(path) in error and "'study'" in error
+    assert not (tmp_path / "replay_summary.csv").exists()

@@ -1,4 +1,5 @@
-"""Check the report's claims against the full table: variance shares, what a small study would claim, lr vs alpha/r."""
+"""Check the report's claims against the full table: variance shares, what a small study would claim, lr vs alpha/r,
+and whether batch size matters."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from lit_tuning.analysis.interaction import interaction_data
 from lit_tuning.analysis.narrowing import narrowed_space, write_space
 from lit_tuning.bench.curves import CurveTable
 from lit_tuning.bench.replay import Replay, Strategy
-from lit_tuning.bench.search_table import STAGES, open_table, table_parser
+from lit_tuning.bench.search_table import BATCH_STUDIES, STAGES, load_table, open_table, table_parser
 from lit_tuning.commands import parse_or_exit
 from lit_tuning.experiment.config import read_yaml
 from lit_tuning.experiment.search_space import same_value
@@ -121,8 +122,29 @@ def _keeps(proposal: dict, key: str, value: object) -> bool:
     return same_value(proposal["base"]["overrides"].get(key), value)
 
 
+def batch_size_effect(table: CurveTable) -> pd.DataFrame:
+    """Per learning rate: the final value at each batch size (equal steps, so unequal tokens), and the best batch."""
+    frame = finals(table).pivot(index="model.learning_rate", columns="data.batch_size", values="value")
+    frame.columns = [f"batch_{batch}" for batch in frame.columns]
+    frame["best_batch"] = [int(column.removeprefix("batch_")) for column in frame.idxmax(axis=1)]
+    return frame.reset_index()
+
+
+def batch_sections(path: Path) -> dict[str, pd.DataFrame]:
+    """The batch-size checks on the batch stages' slice; none when the table has no complete lr x batch slice."""
+    try:
+        table = load_table(path, [], BATCH_STUDIES)
+    except ValueError as error:
+        print(f"batch size: not checked (stages {list(BATCH_STUDIES)}: {error})", file=sys.stderr)
+        return {}
+    if set(table.axes) != {"model.learning_rate", "data.batch_size"}:
+        print(f"batch size: not checked (stages {list(BATCH_STUDIES)} vary {list(table.axes)})", file=sys.stderr)
+        return {}
+    return {"batch_size": batch_size_effect(table), "batch_size_variance_shares": variance_shares(table)}
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Print and write the three checks for the recorded table."""
+    """Print and write the checks for the recorded table."""
     args = parse_or_exit(table_parser("python -m lit_tuning.bench.claims", __doc__), argv)
     table = open_table(args)
     if table is None:
@@ -133,10 +155,11 @@ def main(argv: list[str] | None = None) -> int:
         "narrowing_keeps_best": narrowing_keeps_best(table),
         "learning_rate_fits": learning_rate_fits(table) if {"model.lora_alpha", "model.lora_r"} <= set(table.axes)
         else pd.DataFrame(),
+        **batch_sections(args.table),
     }  # fmt: skip
     for name, frame in sections.items():
         atomic_write(args.out / f"claims_{name}.csv", frame.to_csv(index=False))
-        print(f"\n{name}\n{frame.to_string(index=False, float_format=lambda v: f'{v:.3f}')}")
+        print(f"\n{name}\n{frame.to_string(index=False, float_format=lambda v: f'{v:.3g}')}")
     return 0
 
 

@@ -27,6 +27,10 @@ RECORD_STORAGE = f"sqlite:///{(RECORD_ROOT / 'optuna.db').as_posix()}"
 # What identifies a config in the table (besides the seed); each is a `fit` key, read from the trial's full config.
 CONFIG_KEYS = ("model.learning_rate", "model.lora_r", "model.lora_alpha", "data.batch_size", "trainer.max_steps")
 SEED_KEY = "seed_everything"
+# Which stages' runs each reader takes: the replay's full grid (stages 1-3, batch 64), and the batch slice (stages 4-5:
+# lr x batch on one shape, recorded together: a run's value moves with the machine, so compare within one recording).
+CORE_STUDIES = ("bench_core", "bench_seeds_base", "bench_seeds_long")
+BATCH_STUDIES = ("bench_batch", "bench_batch_64")
 
 
 def record_stage(space_path: Path, *, storage: str, root: Path, workers: int, fit_args: list[str]) -> int:
@@ -52,21 +56,44 @@ def stage_rows(space: SearchSpace, study: optuna.Study) -> list[dict]:
     return rows
 
 
-def export_table(stages: tuple[Path, ...], *, storage: str) -> pd.DataFrame:
-    """The table of every completed trial of every recorded stage (stages not started yet are skipped)."""
+def export_table(stages: tuple[Path, ...], *, storage: str, recorded: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The table of every completed trial of every stage: from the storage, or else from the `recorded` table.
+
+    A stage whose study is not in this storage keeps its rows of the table recorded before (another machine, a
+    storage since deleted), so recording one new stage never drops the others; stages never recorded are skipped.
+    """
     names = {summary.study_name for summary in optuna.get_all_study_summaries(storage)}
-    rows = []
+    columns = ["study", "trial", *CONFIG_KEYS, SEED_KEY, "step", "tokens", "value"]
+    parts, seen = [], set()
     for path in stages:
         space = load_search_space(path)
+        if space.name in seen:  # one stage named twice (relative and absolute path): its rows once
+            continue
+        seen.add(space.name)
         if space.name in names:
-            rows += stage_rows(space, load_study(space.name, storage))
-    columns = ["study", "trial", *CONFIG_KEYS, SEED_KEY, "step", "tokens", "value"]
-    return pd.DataFrame(rows, columns=columns)
+            parts.append(pd.DataFrame(stage_rows(space, load_study(space.name, storage)), columns=columns))
+        elif recorded is not None:
+            parts.append(recorded.loc[recorded.study == space.name, columns])
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=columns)
 
 
-def load_table(path: Path, where: list[str]) -> CurveTable:
-    """Read the recorded table, keep the rows matching every key=value of `where`, and build the grid."""
+def read_recorded(path: Path) -> pd.DataFrame | None:
+    """The table recorded so far (None if there is none); refuse a file that is not one."""
+    if not path.exists():
+        return None
     frame = pd.read_csv(path)
+    missing = [column for column in ("study", *CONFIG_KEYS, SEED_KEY, "step", "tokens", "value") if column not in frame]
+    if missing:
+        raise ValueError(f"columns {missing} are missing; allowed: a table written by this command")
+    return frame
+
+
+def load_table(path: Path, where: list[str], studies: tuple[str, ...] = CORE_STUDIES) -> CurveTable:
+    """Read the recorded table, keep the rows of `studies` matching every key=value of `where`, build the grid."""
+    frame = pd.read_csv(path)
+    if "study" not in frame:
+        raise ValueError("column 'study' is missing; allowed: a table written by lit_tuning.bench.search_table")
+    frame = frame[frame.study.isin(studies)]
     for condition in where:
         key, _, text = condition.partition("=")
         if key not in CONFIG_KEYS or not text:
@@ -100,7 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     own, fit_args = (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [])
     parser = command_parser("python -m lit_tuning.bench.search_table", __doc__)
-    parser.add_argument("--stages", type=list[Path] | Path, default=list(STAGES), help="stage search spaces, in order")
+    parser.add_argument(
+        "--stages", type=list[Path] | Path, default=list(STAGES), help="stage search spaces to record, in order"
+    )
     parser.add_argument("--storage", default=RECORD_STORAGE, help=f"Optuna storage (default {RECORD_STORAGE})")
     parser.add_argument("--root", type=Path, default=RECORD_ROOT, help="run directories and tracker stores")
     parser.add_argument("--out", type=Path, default=TABLE, help=f"the table CSV (default {TABLE})")
@@ -116,14 +145,20 @@ def main(argv: list[str] | None = None) -> int:
     except SearchSpaceError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    exported = tuple(dict.fromkeys((*STAGES, *stages)))  # the table keeps every stage, recorded now or before
+    try:
+        recorded = read_recorded(args.out)
+    except ValueError as error:
+        print(f"error: {args.out}: {error}", file=sys.stderr)
+        return 2
     args.root.mkdir(parents=True, exist_ok=True)
     for path in () if args.export_only else stages:
         code = record_stage(path, storage=args.storage, root=args.root, workers=args.workers, fit_args=fit_args)
-        atomic_write(args.out, export_table(stages, storage=args.storage).to_csv(index=False))
+        atomic_write(args.out, export_table(exported, storage=args.storage, recorded=recorded).to_csv(index=False))
         if code:  # the sweep said why on its own line; the table keeps what was recorded
             print(f"{path}: the sweep exited with code {code}; re-run to resume", file=sys.stderr)
             return code
-    table = export_table(stages, storage=args.storage)
+    table = export_table(exported, storage=args.storage, recorded=recorded)
     atomic_write(args.out, table.to_csv(index=False))
     last_steps = table.groupby(["study", "trial"]).step.max()
     print(f"{args.out}: {len(last_steps)} runs, {len(table)} points, {int(last_steps.sum())} training steps")
