@@ -134,7 +134,17 @@ def test_params_and_curves_data_and_drawing(study_tables: dict) -> None:
     figure = viz.draw_curves(data, BASELINES)
     trial_lines = [line for line in figure.axes[0].get_lines() if line.get_label().startswith("_child")]
     assert len(trial_lines) == 9  # one curve per trial that reported (the failed one did not)
+    assert "where pruned" in legend_labels(figure.axes[0])
     plt.close(figure)
+    unpruned = fd.curves_data(curves[curves.state != "PRUNED"], pd.DataFrame(columns=curves.columns), metric=METRIC)
+    assert unpruned.stops.empty
+    figure = viz.draw_curves(unpruned, BASELINES)
+    assert "where pruned" not in legend_labels(figure.axes[0]) and "complete" in legend_labels(figure.axes[0])
+    plt.close(figure)
+
+
+def legend_labels(axis: plt.Axes) -> list[str]:
+    return [text.get_text() for text in axis.get_legend().get_texts()]
 
 
 def test_importance_confirm_and_comparison_drawings(study_tables: dict) -> None:

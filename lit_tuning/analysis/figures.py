@@ -166,7 +166,8 @@ def draw_curves(data: fd.CurvesData, baselines: dict[str, float]) -> plt.Figure:
     axis.scatter(data.stops["step"], data.stops["value"], color=STATE_COLORS["PRUNED"], marker="x", s=40, zorder=3)
     states = set(data.validation["state"])
     handles = [plt.Line2D([], [], color=c, label=s.lower()) for s, c in STATE_COLORS.items() if s in states]
-    handles.append(plt.Line2D([], [], color=STATE_COLORS["PRUNED"], marker="x", linestyle="", label="where pruned"))
+    if not data.stops.empty:  # a study without pruning gets no legend entry for marks it does not have
+        handles.append(plt.Line2D([], [], color=STATE_COLORS["PRUNED"], marker="x", linestyle="", label="where pruned"))
     _baseline_lines(axis, baselines)
     axis.legend(handles=handles + axis.get_legend_handles_labels()[0], fontsize=7, loc="best")
     axis.set(xlabel="optimizer step", ylabel=data.metric, title="Validation curves")
