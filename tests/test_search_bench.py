@@ -109,8 +109,9 @@ def table_frame(table: CurveTable) -> pd.DataFrame:
         for seed, curve in enumerate(runs, start=42):
             for step, tokens, value in zip(curve.steps, curve.tokens, curve.values, strict=True):
                 values = dict(zip(AXES, config, strict=True))
-                rows.append({"study": "bench_core", **values, "data.batch_size": 64, "trainer.max_steps": 1000,
-                             SEED_KEY: seed, "step": step, "tokens": tokens, "value": value})  # fmt: skip
+                rows.append({"study": "bench_core", "trial": 0, **values, "data.batch_size": 64,
+                             "trainer.max_steps": 1000, SEED_KEY: seed, "step": step, "tokens": tokens,
+                             "value": value})  # fmt: skip
     return pd.DataFrame(rows)
 
 
@@ -261,9 +262,9 @@ def batch_stage_frame(best_batch: dict[float, int]) -> pd.DataFrame:
         final = 0.5 + 0.1 * (batch == best_batch[lr])
         for step in STEPS:
             study = "bench_batch_64" if batch == 64 else "bench_batch"
-            rows.append({"study": study, "model.learning_rate": lr, "model.lora_r": 64, "model.lora_alpha": 128,
-                         "data.batch_size": batch, "trainer.max_steps": 2000, SEED_KEY: 42, "step": step,
-                         "tokens": batch * step, "value": final * step / STEPS[-1]})  # fmt: skip
+            rows.append({"study": study, "trial": 0, "model.learning_rate": lr, "model.lora_r": 64,
+                         "model.lora_alpha": 128, "data.batch_size": batch, "trainer.max_steps": 2000, SEED_KEY: 42,
+                         "step": step, "tokens": batch * step, "value": final * step / STEPS[-1]})  # fmt: skip
     return pd.DataFrame(rows)
 
 

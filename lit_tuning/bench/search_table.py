@@ -27,6 +27,7 @@ RECORD_STORAGE = f"sqlite:///{(RECORD_ROOT / 'optuna.db').as_posix()}"
 # What identifies a config in the table (besides the seed); each is a `fit` key, read from the trial's full config.
 CONFIG_KEYS = ("model.learning_rate", "model.lora_r", "model.lora_alpha", "data.batch_size", "trainer.max_steps")
 SEED_KEY = "seed_everything"
+TABLE_COLUMNS = ("study", "trial", *CONFIG_KEYS, SEED_KEY, "step", "tokens", "value")  # one row per validation
 # Which stages' runs each reader takes: the replay's full grid (stages 1-3, batch 64), and the batch slice (stages 4-5:
 # lr x batch on one shape, recorded together: a run's value moves with the machine, so compare within one recording).
 CORE_STUDIES = ("bench_core", "bench_seeds_base", "bench_seeds_long")
@@ -63,11 +64,11 @@ def export_table(stages: tuple[Path, ...], *, storage: str, recorded: pd.DataFra
     storage since deleted), so recording one new stage never drops the others; stages never recorded are skipped.
     """
     names = {summary.study_name for summary in optuna.get_all_study_summaries(storage)}
-    columns = ["study", "trial", *CONFIG_KEYS, SEED_KEY, "step", "tokens", "value"]
+    columns = list(TABLE_COLUMNS)
     parts, seen = [], set()
     for path in stages:
         space = load_search_space(path)
-        if space.name in seen:  # one stage named twice (relative and absolute path): its rows once
+        if space.name in seen:  # a stage named twice (in the defaults and on the command line): its rows once
             continue
         seen.add(space.name)
         if space.name in names:
@@ -77,22 +78,18 @@ def export_table(stages: tuple[Path, ...], *, storage: str, recorded: pd.DataFra
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=columns)
 
 
-def read_recorded(path: Path) -> pd.DataFrame | None:
-    """The table recorded so far (None if there is none); refuse a file that is not one."""
-    if not path.exists():
-        return None
+def read_table_rows(path: Path) -> pd.DataFrame:
+    """Read a recorded table's rows; refuse a file that lacks its columns."""
     frame = pd.read_csv(path)
-    missing = [column for column in ("study", *CONFIG_KEYS, SEED_KEY, "step", "tokens", "value") if column not in frame]
+    missing = [column for column in TABLE_COLUMNS if column not in frame]
     if missing:
-        raise ValueError(f"columns {missing} are missing; allowed: a table written by this command")
+        raise ValueError(f"columns {missing} are missing; allowed: a table written by lit_tuning.bench.search_table")
     return frame
 
 
 def load_table(path: Path, where: list[str], studies: tuple[str, ...] = CORE_STUDIES) -> CurveTable:
     """Read the recorded table, keep the rows of `studies` matching every key=value of `where`, build the grid."""
-    frame = pd.read_csv(path)
-    if "study" not in frame:
-        raise ValueError("column 'study' is missing; allowed: a table written by lit_tuning.bench.search_table")
+    frame = read_table_rows(path)
     frame = frame[frame.study.isin(studies)]
     for condition in where:
         key, _, text = condition.partition("=")
@@ -145,9 +142,9 @@ def main(argv: list[str] | None = None) -> int:
     except SearchSpaceError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    exported = tuple(dict.fromkeys((*STAGES, *stages)))  # the table keeps every stage, recorded now or before
+    exported = (*STAGES, *stages)  # the table keeps every stage, recorded now or before
     try:
-        recorded = read_recorded(args.out)
+        recorded = read_table_rows(args.out) if args.out.exists() else None
     except ValueError as error:
         print(f"error: {args.out}: {error}", file=sys.stderr)
         return 2
