@@ -12,7 +12,7 @@ import pytest
 from analysis_helpers import FULL_STEPS, TOKENS_PER_STEP, accuracy, make_study
 
 from lit_tuning.analysis import mlflow_runs, tables
-from lit_tuning.analysis.importance import param_importances, verdicts
+from lit_tuning.analysis.importance import jackknife_se, param_importances, subsamples, verdicts
 from lit_tuning.analysis.narrowing import narrowed_space, write_space
 from lit_tuning.analysis.significance import confirm_comparisons, confirm_summary, mean_ci, welch_test
 from lit_tuning.experiment.search_space import Range, load_search_space
@@ -243,8 +243,8 @@ def test_non_finite_values_are_left_out_of_rankings(tmp_path: Path) -> None:
     assert count(study).best_number == 2
 
 
-def test_importance_skips_resamples_an_evaluator_cannot_compute(tmp_path: Path) -> None:
-    """Three of four trials tie: about a third of the resamples hold only tied values (fANOVA: zero variance)."""
+def test_importance_skips_subsamples_an_evaluator_cannot_compute(tmp_path: Path) -> None:
+    """Three of four trials tie: the subsample without the fourth holds only tied values (fANOVA: zero variance)."""
     study = optuna.create_study(storage=f"sqlite:///{tmp_path / 't.db'}", direction="maximize")
     distributions = {"model.learning_rate": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True)}
     for learning_rate, value in ((1e-4, 0.5), (1e-3, 0.5), (3e-3, 0.5), (9e-3, 0.6)):
@@ -253,4 +253,44 @@ def test_importance_skips_resamples_an_evaluator_cannot_compute(tmp_path: Path) 
     result = param_importances(study, n_resamples=20)
     assert not result.table.empty and result.table["importance"].notna().all()
     fanova = result.table[result.table["evaluator"] == "fanova"]
-    assert len(fanova) == 1 and 0 < int(fanova["n_resamples"].iloc[0]) < 20  # the all-tied resamples were skipped
+    # 4 trials leave one out each in 4 subsamples (all of them, fewer than 20); the all-tied one was skipped
+    assert len(fanova) == 1 and int(fanova["n_resamples"].iloc[0]) == 3
+
+
+def test_jackknife_se_of_the_mean_over_all_subsamples_is_the_textbook_standard_error() -> None:
+    """Delete-d jackknife over every subset is exact for the mean: s / sqrt(n), whatever d is."""
+    x = np.array([0.61, 0.55, 0.72, 0.48, 0.66, 0.59, 0.70, 0.52])
+    for left_out in (1, 2, 3):
+        subsets = subsamples(len(x), left_out, count=1000, rng=np.random.default_rng(0))
+        assert len(subsets) == math.comb(len(x), left_out) and len({tuple(s) for s in subsets}) == len(subsets)
+        assert all(len(s) == len(x) - left_out for s in subsets)
+        means = np.array([x[s].mean() for s in subsets])
+        assert jackknife_se(means, len(x), left_out) == pytest.approx(x.std(ddof=1) / math.sqrt(len(x)))
+    drawn = subsamples(12, 3, count=20, rng=np.random.default_rng(0))  # 220 subsets: 20 distinct ones drawn
+    assert len({tuple(s) for s in drawn}) == 20 and all(len(s) == 9 for s in drawn)
+
+
+@pytest.mark.parametrize("seed", [4, 6, 8, 9])
+def test_importance_estimate_lies_inside_its_own_interval(seed: int) -> None:
+    """12-trial studies like the default one, on which percentile-bootstrap intervals missed their own estimate."""
+    rng = np.random.default_rng(seed)
+    study = optuna.create_study(direction="maximize")
+    distributions = {
+        "lr": optuna.distributions.FloatDistribution(5e-4, 2e-3, log=True),
+        "r": optuna.distributions.IntDistribution(16, 64, log=True),
+        "alpha": optuna.distributions.FloatDistribution(32, 128, log=True),
+        "steps": optuna.distributions.IntDistribution(1000, 2000, step=1000),
+    }
+    for _ in range(12):
+        params = {
+            "lr": float(np.exp(rng.uniform(np.log(5e-4), np.log(2e-3)))),
+            "r": int(rng.integers(16, 65)),
+            "alpha": float(rng.uniform(32, 128)),
+            "steps": int(rng.choice([1000, 2000])),
+        }
+        value = 0.7 + 0.06 * (params["steps"] == 2000) - 0.3 * (np.log10(params["lr"]) + 3) ** 2 + rng.normal(0, 0.02)
+        study.add_trial(optuna.trial.create_trial(params=params, distributions=distributions, value=value))
+    table = param_importances(study, n_resamples=20).table
+    assert len(table) >= 4 and (table["n_resamples"] == 20).all()
+    assert ((table["low"] <= table["importance"]) & (table["importance"] <= table["high"])).all()
+    assert ((table["low"] >= 0) & (table["high"] <= 1)).all() and (table["high"] > table["low"]).any()

@@ -89,7 +89,7 @@ def draw_history(data: fd.HistoryData, baselines: dict[str, float]) -> plt.Figur
 
 
 def draw_importance(data: fd.ImportanceData) -> plt.Figure:
-    """Normalized importance per parameter and evaluator with its 95% bootstrap interval as error bars."""
+    """Normalized importance per parameter and evaluator with its 95% jackknife interval as error bars."""
     if data.reason is not None:
         return _nothing("Hyperparameter importance", f"not computed: {data.reason}")
     figure, axis = plt.subplots(figsize=(8, 0.6 + 0.55 * len(data.order)))
@@ -102,7 +102,7 @@ def draw_importance(data: fd.ImportanceData) -> plt.Figure:
         axis.barh(y, rows["importance"], height=height, xerr=np.vstack([below, above]), capsize=3, label=evaluator)
     axis.set_yticks(np.arange(len(data.order)) + height * (len(data.evaluators) - 1) / 2, data.order)
     axis.invert_yaxis()
-    axis.set_xlabel("normalized importance (share of total; error bar: 95% bootstrap interval)")
+    axis.set_xlabel("normalized importance (share of total; error bar: 95% interval)")
     axis.set_xlim(0, 1.05)
     axis.legend(title="evaluator")
     axis.set_title("Hyperparameter importance")

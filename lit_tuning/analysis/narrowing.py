@@ -100,7 +100,7 @@ def _next_document(
 def _why(verdict_table: pd.DataFrame, key: str, action: str) -> str:
     row = verdict_table.set_index("param").loc[key]
     return (
-        f"PED-ANOVA importance {row['importance']:.2f} (95% bootstrap interval {row['low']:.2f}-{row['high']:.2f}; "
+        f"PED-ANOVA importance {row['importance']:.2f} (95% interval {row['low']:.2f}-{row['high']:.2f}; "
         f"threshold {MATTERS_SHARE}): {row['verdict']}; {action}"
     )
 

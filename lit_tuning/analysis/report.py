@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", type=Path, default=ROOT, help=f"results root (default {ROOT})")
     parser.add_argument("--spaces-dir", type=Path, default=SPACES_DIR, help="where the narrowed search space goes")
     parser.add_argument("--mlflow-ui", default=MLFLOW_UI, help=f"MLflow UI address for run links (default {MLFLOW_UI})")
-    parser.add_argument("--resamples", type=Count, default=20, help="bootstrap resamples for importance intervals")
+    parser.add_argument("--resamples", type=Count, default=20, help="subsamples of the trials for importance intervals")
     args = parse_or_exit(parser, argv)
     try:
         if args.compare:
