@@ -2,10 +2,15 @@
 
 import dataclasses
 import json
+import os
 import random
+import subprocess
+import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
+import psutil
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -102,3 +107,57 @@ def test_bad_model_references_are_explained(reference: str, message: str):
 def test_hub_ids_and_embedded_names_pass_the_check():
     assert check_model_reference("HuggingFaceTB/SmolLM2-135M") is None
     assert check_model_reference("embedded:tiny") is None
+
+
+def _build_in_child(recipe_json: str, root: Path, env: dict[str, str]) -> subprocess.Popen:
+    """Start a process that builds the recipe under root, as a sweep worker on some machine would."""
+    code = (
+        "import json, sys; from pathlib import Path; from lit_tuning.train.base_model import BaseModelRecipe, "
+        "ensure_built; ensure_built('x', BaseModelRecipe(**json.loads(sys.argv[1])), root=Path(sys.argv[2]))"
+    )
+    return subprocess.Popen([sys.executable, "-c", code, recipe_json, str(root)], env={**os.environ, **env})
+
+
+def test_machines_with_different_vector_units_build_the_same_weights(tmp_path: Path):
+    """AVX2 and AVX-512 kernels (MKL's and PyTorch's) round differently; the pinned build must not depend on them."""
+    recipe = dataclasses.replace(RECIPES["micro"], num_words=60, pretrain_steps=40, vocab_size=320)
+    machines = {
+        "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "OMP_NUM_THREADS": "2"},
+        "avx512": {"ATEN_CPU_CAPABILITY": "avx512", "MKL_ENABLE_INSTRUCTIONS": "AVX512", "OMP_NUM_THREADS": "1"},
+    }
+    for name, env in machines.items():
+        assert _build_in_child(json.dumps(dataclasses.asdict(recipe)), tmp_path / name, env).wait(timeout=300) == 0
+    weights = [next((tmp_path / name / "base_models").glob("x-*/model.safetensors")).read_bytes() for name in machines]
+    assert weights[0] == weights[1]
+
+
+def test_a_failed_build_raises_and_leaves_nothing(tmp_path: Path):
+    broken = dataclasses.replace(RECIPES["micro"], num_words=60, pretrain_steps=5, vocab_size=40)  # letters split
+    with pytest.raises(RuntimeError, match="building the embedded base model failed"):
+        ensure_built("x", broken, root=tmp_path)
+    assert not (tmp_path / "base_models").exists()
+    assert not list(tmp_path.glob(".x-*")), "no staging directory is left behind"
+
+
+def test_killing_the_process_that_builds_stops_the_build(tmp_path: Path):
+    endless = dataclasses.replace(RECIPES["micro"], num_words=60, pretrain_steps=10**7, vocab_size=320)
+    parent = _build_in_child(json.dumps(dataclasses.asdict(endless)), tmp_path, {})
+    try:
+        builder = _wait_for_child(parent.pid)
+    finally:
+        parent.kill()  # also when no child showed up: an endless build must not outlive the test
+        parent.wait(timeout=30)
+    deadline = time.monotonic() + 30
+    while builder.is_running() and builder.status() != psutil.STATUS_ZOMBIE and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not builder.is_running() or builder.status() == psutil.STATUS_ZOMBIE
+
+
+def _wait_for_child(pid: int) -> psutil.Process:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        children = psutil.Process(pid).children()
+        if children and "lit_tuning.train.base_model" in " ".join(children[0].cmdline()):
+            return children[0]
+        time.sleep(0.2)
+    raise AssertionError("the build's child process never started")
