@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 from conftest import ROOT
 from mlflow import MlflowClient
+from sweep_helpers import alive, processes_naming
 
 QUICK_SPACE = ROOT / "configs/hyperparameters/search_spaces/quick.yaml"  # its base config runs on embedded:micro
 RANK = "rank01_t0000"
@@ -53,24 +54,8 @@ def run_dir(study: dict, config: str) -> Path:
 
 
 def fits_of(runs: Path) -> list[int]:
-    """The pids of the `fit` processes writing under runs (from /proc: the real processes, whoever started them)."""
-    pids = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            args = cmdline.read_bytes().split(b"\0")
-        except OSError:  # the process ended meanwhile
-            continue
-        if b"fit" in args and any(str(runs).encode() in arg for arg in args):
-            pids.append(int(cmdline.parent.name))
-    return pids
-
-
-def alive(pid: int) -> bool:
-    """Whether a process runs (a zombie, dead but not yet reaped by whoever adopted it, does not)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
-    except OSError:
-        return False
+    """The pids of the `fit` processes writing under runs."""
+    return processes_naming(str(runs), "\0fit\0")
 
 
 def wait_for(condition, what: str, process: subprocess.Popen, timeout_s: float = 300) -> None:
@@ -106,7 +91,7 @@ def rerun_to_the_end(study: dict, finished: pd.DataFrame) -> subprocess.Complete
     return rerun
 
 
-@pytest.mark.slow  # three real fits (~1-3 min on 2 cores): `make test-all` (CI) runs it
+@pytest.mark.slow  # three real fits (~1-2 min on 2 cores): `make test-all` (CI) runs it
 def test_a_killed_confirm_takes_its_fit_along_and_its_rerun_finishes_only_what_was_left(study: dict) -> None:
     # One worker: the rank config runs first, then the base config, which is killed mid-training with confirm.
     confirm = subprocess.Popen(
@@ -130,14 +115,13 @@ def test_a_killed_confirm_takes_its_fit_along_and_its_rerun_finishes_only_what_w
     assert_killed_attempt_closed(killed)
 
 
-@pytest.mark.slow  # three real fits (~1-3 min on 2 cores): `make test-all` (CI) runs it
+@pytest.mark.slow  # three real fits (~1-2 min on 2 cores): `make test-all` (CI) runs it
 def test_a_killed_fit_of_two_workers_keeps_the_other_run_and_its_rerun_finishes(study: dict) -> None:
     confirm = subprocess.Popen(
         confirm_command(study, workers=2), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     wait_for(lambda: (run_dir(study, "base") / "config.yaml").is_file(), "base run under way", confirm)
-    (base_fit,) = [pid for pid in fits_of(study["runs"]) if run_dir(study, "base").name.encode() in
-                   Path(f"/proc/{pid}/cmdline").read_bytes()]  # fmt: skip
+    (base_fit,) = processes_naming(str(study["runs"]), f"\0{run_dir(study, 'base').name}\0")
     os.kill(base_fit, signal.SIGKILL)
     stdout, stderr = confirm.communicate(timeout=600)
     assert confirm.returncode == 2 and "failed (exit -9)" in stderr, stderr[-3000:]
