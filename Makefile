@@ -66,15 +66,15 @@ format: install ## Apply ruff's fixes and formatting
 	$(BIN)/ruff format lit_tuning tests
 
 mlflow-ui: install ## Browse every run: MLflow UI on http://127.0.0.1:$(MLFLOW_PORT) [MLFLOW_PORT=5000]
+	@# mlflow ui would create (or migrate) a store at a mistyped or not-yet-written SQLite path: refuse instead
+	@$(BIN)/python -m lit_tuning.sweep.store_check mlflow MLFLOW_STORE '$(MLFLOW_STORE)'
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow ui --host 127.0.0.1 --port $(MLFLOW_PORT) \
-		--workers 1 --backend-store-uri $(MLFLOW_STORE)
+		--workers 1 --backend-store-uri '$(MLFLOW_STORE)'
 
 dashboard: install ## Optuna's live view of the studies in STORAGE on http://127.0.0.1:$(DASHBOARD_PORT) [DASHBOARD_PORT=8080]
 	@# optuna-dashboard would create an empty database at a mistyped or not-yet-swept SQLite path: refuse instead
-	@$(BIN)/python -c 'import sys; from lit_tuning.paths import sqlite_file; f = sqlite_file(sys.argv[1]); \
-		f and not f.exists() and sys.exit(f"error: STORAGE={sys.argv[1]}: {f} does not exist; run make sweep first")' \
-		'$(STORAGE)'
-	$(BIN)/optuna-dashboard --host 127.0.0.1 --port $(DASHBOARD_PORT) $(STORAGE)
+	@$(BIN)/python -m lit_tuning.sweep.store_check optuna STORAGE '$(STORAGE)'
+	$(BIN)/optuna-dashboard --host 127.0.0.1 --port $(DASHBOARD_PORT) '$(STORAGE)'
 
 wandb-sync: install ## Upload offline W&B runs (needs `wandb login` or WANDB_API_KEY)
 	@ls -d $(WANDB_DIR_RUNS)/offline-run-* >/dev/null 2>&1 || { echo "no offline W&B runs in $(WANDB_DIR_RUNS)"; exit 0; }

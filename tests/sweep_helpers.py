@@ -154,3 +154,24 @@ def private_postgres() -> Iterator[PrivatePostgres]:
     finally:
         subprocess.run(_as_postgres(["pg_ctl", "-D", str(server.data), "-m", "immediate", "stop"]), capture_output=True)
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def processes_naming(*texts: str) -> list[int]:
+    """The pids of the live processes whose command line (NUL-separated) contains every text (from /proc)."""
+    pids = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes()
+        except OSError:  # the process ended meanwhile
+            continue
+        if all(text.encode() in args for text in texts) and int(cmdline.parent.name) != os.getpid():
+            pids.append(int(cmdline.parent.name))
+    return [pid for pid in pids if alive(pid)]
+
+
+def alive(pid: int) -> bool:
+    """Whether a process runs (a zombie, dead but not yet reaped by whoever adopted it, does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return False

@@ -4,10 +4,18 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import optuna
 import pandas as pd
 import pytest
+from conftest import ROOT
+from sweep_helpers import alive, processes_naming, write_space
 
 from lit_tuning.bench import claims, search, search_table
 from lit_tuning.bench.curves import Curve, CurveTable, from_frame
@@ -295,3 +303,37 @@ def test_a_table_without_its_study_column_is_refused_in_one_line(tmp_path, capsy
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1 and str(path) in error and "'study'" in error
     assert not (tmp_path / "replay_summary.csv").exists()
+
+
+@pytest.mark.slow  # a real 3-run stage of the micro model, killed once and re-run (~2-3 min on 2 cores)
+def test_a_recording_killed_mid_stage_resumes_and_never_runs_a_finished_run_again(tmp_path: Path, micro_model_dir):
+    grid = {"model.learning_rate": {"candidates": [1.0e-3, 3.0e-3, 1.0e-2]}}
+    space = write_space(tmp_path, "bench_tiny", strategy="grid", n_trials=None, parameters=grid)
+    storage, out, root = f"sqlite:///{tmp_path / 'optuna.db'}", tmp_path / "table.csv", tmp_path / "root"
+    command = [sys.executable, "-m", "lit_tuning.bench.search_table", f"--stages={space}", f"--storage={storage}",
+               f"--root={root}", f"--out={out}"]  # fmt: skip
+    recording = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    second = root / "runs" / "bench_tiny" / "t0001" / "config.yaml"
+    deadline = time.monotonic() + 600
+    while not second.is_file():  # the first run is finished, the second under way
+        assert recording.poll() is None and time.monotonic() < deadline, "the second run never started"
+        time.sleep(0.1)
+    first_finished = optuna.load_study(study_name="bench_tiny", storage=storage).trials[0].datetime_complete
+    os.kill(recording.pid, signal.SIGKILL)  # the recording alone: its sweep runs on, and the re-run joins it
+    recording.wait()
+    try:
+        rerun = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
+        assert rerun.returncode == 0, rerun.stderr[-3000:]
+    finally:
+        for pid in processes_naming(str(space)):  # the killed recording's sweep ends with the study; never leave it
+            deadline = time.monotonic() + 60
+            while alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+    trials = optuna.load_study(study_name="bench_tiny", storage=storage).trials
+    assert [trial.state.name for trial in trials] == ["COMPLETE"] * 3, "a run was lost or run twice"
+    assert trials[0].datetime_complete == first_finished, "the run finished before the kill was run again"
+    table = pd.read_csv(out)
+    assert sorted(table["model.learning_rate"].unique()) == [1.0e-3, 3.0e-3, 1.0e-2]
+    assert table.groupby("trial").step.apply(list).to_dict() == {n: [10, 20, 30, 40] for n in range(3)}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import io
 import os
 import subprocess
@@ -20,10 +21,13 @@ from lit_tuning.analysis.significance import BASE_LABEL
 from lit_tuning.commands import Count, add_study_options, command_parser, parse_or_exit, split_known
 from lit_tuning.files import atomic_write
 from lit_tuning.paths import BASE_CONFIG, study_slug
-from lit_tuning.sweep.devices import with_threads
+from lit_tuning.sweep.attempts import close_run_trackers
+from lit_tuning.sweep.devices import die_with_parent, with_threads
+from lit_tuning.tracking.settings import TRACKING_RECORD
 from lit_tuning.train.metrics import PRIMARY_METRIC
 
 CONFIRM_COLUMNS = ["config", "seed", "value", "run_dir"]
+ATTEMPT_KILLED = "confirm was killed before this run finished; a later confirm re-ran it in a new run directory"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,23 +92,34 @@ def run_jobs(
     threads = max(1, (os.cpu_count() or 1) // workers)
     env = with_threads(threads) if workers > 1 else None
     lock, failed = threading.Lock(), threading.Event()
+    todo = [job for job in jobs if (job.label, job.seed) not in finished]
+    # Attempts a kill left are closed here, one at a time, before any fit starts: closing a W&B run starts one.
+    run_dirs = {job: next_attempt(runs_root, run_name(job, max_steps)) for job in todo}
 
     def run(job: Job) -> None:
         if failed.is_set():  # a failed run stops the queue; runs already going finish and are kept
             return
-        run_name = f"confirm-{job.label}-s{job.seed}" + (f"-{max_steps}steps" if max_steps else "")
-        args = [*job.config_args, "--seed_everything", str(job.seed), "--run_name", run_name]
+        run_dir = run_dirs[job]
+        args = [*job.config_args, "--seed_everything", str(job.seed), "--run_name", run_dir.name]
         args += ["--trainer.default_root_dir", str(runs_root), "--tracking.root", str(root)]
         args += ["--tracking.mlflow_experiment", "lit_tuning-confirm"]
         args += ["--trainer.max_steps", str(max_steps)] if max_steps else []
         print(f"confirm: {job.label} seed {job.seed}", flush=True)
         command = [sys.executable, "-m", "lit_tuning", "fit", *args, *extra]
-        result = subprocess.run(command, capture_output=True, text=True, env=env)
+        # The fit dies with this process: a killed confirm leaves no fit running on unseen, which its re-run would
+        # race. This thread waits for the fit, so outlives it (Linux signals when the starting thread ends).
+        result = subprocess.run(
+            command, capture_output=True, text=True, env=env, preexec_fn=functools.partial(die_with_parent, os.getpid())
+        )
         if result.returncode != 0:
             failed.set()
             raise ReportError(f"fit {' '.join(args)} failed (exit {result.returncode}):\n{result.stderr[-3000:]}")
-        row = {"config": job.label, "seed": job.seed, "value": final_value(runs_root / run_name, job.metric),
-               "run_dir": str(runs_root / run_name)}  # fmt: skip
+        row = {
+            "config": job.label,
+            "seed": job.seed,
+            "value": final_value(run_dir, job.metric),
+            "run_dir": str(run_dir),
+        }
         with lock:
             rows.append(row)
             buffer = io.StringIO()
@@ -113,13 +128,34 @@ def run_jobs(
             writer.writerows(rows)
             atomic_write(table, buffer.getvalue())
 
-    todo = [job for job in jobs if (job.label, job.seed) not in finished]
     with ThreadPoolExecutor(max_workers=workers) as pool:
         futures = [pool.submit(run, job) for job in todo]
     errors = [future.exception() for future in futures if future.exception()]
     if errors:
         raise errors[0]
     return table
+
+
+def run_name(job: Job, max_steps: int | None) -> str:
+    """The run directory name of a job's first attempt: confirm-<config>-s<seed>[-<N>steps]."""
+    return f"confirm-{job.label}-s{job.seed}" + (f"-{max_steps}steps" if max_steps else "")
+
+
+def next_attempt(runs_root: Path, name: str) -> Path:
+    """Return the run directory of a job's next attempt: <name>, else <name>-a2, -a3, ...: the first not yet there.
+
+    A directory that is there holds an attempt a killed confirm (or a killed fit) left unfinished: a job only
+    reaches here when confirm.csv has no row for it. It is kept, with its MLflow and W&B runs closed as failed
+    (not left RUNNING), and the job starts over from step 0 beside it, so that its value depends on the config and
+    seed alone, never on where a kill fell.
+    """
+    attempt, run_dir = 1, runs_root / name
+    while run_dir.exists():
+        if (run_dir / TRACKING_RECORD).is_file():
+            close_run_trackers(run_dir, ATTEMPT_KILLED)
+        attempt += 1
+        run_dir = runs_root / f"{name}-a{attempt}"
+    return run_dir
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,11 +10,7 @@ the heartbeat and tells the study how the trial ended, from the outcome file ran
 
 from __future__ import annotations
 
-import ctypes
 import json
-import os
-import signal
-import sys
 from pathlib import Path
 
 import optuna
@@ -24,12 +20,11 @@ from lightning.pytorch.utilities import rank_zero_only
 from lit_tuning.experiment.search_space import load_search_space
 from lit_tuning.experiment.strategies import make_pruner
 from lit_tuning.files import atomic_write
+from lit_tuning.sweep.devices import die_with_parent
 from lit_tuning.sweep.objective import Objective, TrialFacts
 from lit_tuning.sweep.pruning import StepPruningCallback
 from lit_tuning.sweep.storage import open_storage
 from lit_tuning.train.cli import cli_main
-
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 def add_arguments(parser: ArgumentParser) -> None:
@@ -42,19 +37,9 @@ def add_arguments(parser: ArgumentParser) -> None:
     parser.add_argument("--outcome", type=Path, required=True)
 
 
-def die_with_parent() -> None:
-    """Ask Linux to kill this process when its parent dies: a killed worker (or rank 0) takes its ranks along."""
-    if not sys.platform.startswith("linux"):
-        return
-    parent = os.getppid()
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != parent:  # the parent died before the request took effect
-        os._exit(1)
-
-
 def serve_rank(options: Namespace) -> int:
     """Run this rank of the trial's `fit`; rank 0 reports to Optuna and writes the outcome for the worker."""
-    die_with_parent()
+    die_with_parent()  # a killed worker (or rank 0) takes its ranks along
     rank_zero = rank_zero_only.rank == 0  # from the environment Lightning gives the ranks it starts
     space = load_search_space(options.search_space)
     trial = None

@@ -21,7 +21,7 @@ from lit_tuning.paths import sqlite_file
 
 log = logging.getLogger("lit_tuning.tracking")
 # MLflow's own head revision (reads its migration scripts once); there is no public API for it.
-_head_revision = functools.cache(_get_latest_schema_revision)
+head_revision = functools.cache(_get_latest_schema_revision)
 CREATING = ".creating-"  # <store>.creating-<pid>: a store being built; left behind only by a killed builder
 BROKEN = ".broken-"  # <store>.broken-<time>: a half-migrated store moved aside (kept, never deleted)
 
@@ -98,7 +98,7 @@ def _is_half_built(database: Path) -> bool:
             revision = None
             if "alembic_version" in tables:
                 revision = connection.execute(sqlalchemy.text("SELECT version_num FROM alembic_version")).scalar()
-            if revision == _head_revision():
+            if revision == head_revision():
                 return False
             # An out-of-date store that holds runs was made by an older MLflow: MLflow's own upgrade message applies.
             return "runs" not in tables or not connection.execute(sqlalchemy.text("SELECT 1 FROM runs LIMIT 1")).first()
