@@ -9,11 +9,12 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "lit_tuning"
 # Each stage may import itself and the stages listed for it; nothing imports a stage that comes after it.
-SHARED = {"paths", "files", "mappings", "commands"}
+SHARED = {"paths", "files", "mappings", "commands", "processes"}
 ALLOWED = {
     "paths": set(),
     "files": set(),
     "mappings": set(),
+    "processes": set(),
     "commands": {"paths"},
     "tracking": SHARED,
     "train": SHARED | {"tracking"},

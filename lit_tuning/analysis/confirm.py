@@ -21,8 +21,9 @@ from lit_tuning.analysis.significance import BASE_LABEL
 from lit_tuning.commands import Count, add_study_options, command_parser, parse_or_exit, split_known
 from lit_tuning.files import atomic_write
 from lit_tuning.paths import BASE_CONFIG, study_slug
+from lit_tuning.processes import die_with_parent
 from lit_tuning.sweep.attempts import close_run_trackers
-from lit_tuning.sweep.devices import die_with_parent, with_threads
+from lit_tuning.sweep.devices import with_threads
 from lit_tuning.tracking.settings import TRACKING_RECORD
 from lit_tuning.train.metrics import PRIMARY_METRIC
 

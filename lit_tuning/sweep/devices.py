@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
 import os
-import signal
-import sys
 from pathlib import Path
 
 import torch
@@ -18,9 +15,6 @@ import torch
 WORKER_OVERHEAD_BYTES = 1 << 30  # Python, torch, Lightning and the trackers: ~0.8 GiB RSS measured per worker
 MODEL_MEMORY_FACTOR = 4  # weights, activations and their gradients, allocator slack: x the weight bytes
 MEMORY_SHARE = 0.8  # of the memory available now; the rest stays for the driver and the OS
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
-# Looked up once, here: a child between fork and exec (a preexec_fn) must not load a library.
-_prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
 
 
 class DeviceError(ValueError):
@@ -173,18 +167,3 @@ def thread_env(threads: int) -> dict[str, str]:
 def with_threads(threads: int) -> dict[str, str]:
     """This process's environment for a child process with `threads` intra-op threads."""
     return {**os.environ, **thread_env(threads)}
-
-
-def die_with_parent(parent: int | None = None) -> None:
-    """Ask Linux to SIGKILL this process when its parent dies, so that no child of a killed process runs on.
-
-    parent: the parent's pid, given when this runs as a subprocess's preexec_fn (default: this process's parent).
-    Linux sends the signal when the parent *thread* that started the child ends: start children from a thread that
-    outlives them (one that waits for them).
-    """
-    if _prctl is None:
-        return
-    parent = os.getppid() if parent is None else parent
-    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != parent:  # the parent died before the request took effect
-        os._exit(1)

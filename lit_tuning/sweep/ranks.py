@@ -20,7 +20,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from lit_tuning.experiment.search_space import load_search_space
 from lit_tuning.experiment.strategies import make_pruner
 from lit_tuning.files import atomic_write
-from lit_tuning.sweep.devices import die_with_parent
+from lit_tuning.processes import die_with_parent
 from lit_tuning.sweep.objective import Objective, TrialFacts
 from lit_tuning.sweep.pruning import StepPruningCallback
 from lit_tuning.sweep.storage import open_storage

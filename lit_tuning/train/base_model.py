@@ -9,7 +9,6 @@ import logging
 import os
 import random
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -22,6 +21,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from lit_tuning.files import file_lock
+from lit_tuning.processes import die_with_parent
 from lit_tuning.train.batching import pad_right
 from lit_tuning.train.schedules import lr_multiplier
 from lit_tuning.train.words import ALPHABET, load_words, zipf_frequency
@@ -153,16 +153,6 @@ def build_in_pinned_process(recipe: BaseModelRecipe, out_dir: Path) -> None:
     child = subprocess.run(command, env={**os.environ, **PINNED_NUMERICS}, check=False)
     if child.returncode != 0:
         raise RuntimeError(f"building the embedded base model failed (exit {child.returncode}); its error is above")
-
-
-def _die_with_parent(parent_pid: int) -> None:
-    """Make this process die with its parent: a killed sweep must not leave a build running on its own."""
-    if sys.platform == "linux":
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
-    if os.getppid() != parent_pid:  # the parent died before the line above took effect
-        sys.exit("the process that started this build is gone")
 
 
 def spelling_line(word: str, order: list[int] | None = None) -> str:
@@ -342,7 +332,7 @@ def _lookup_accuracy(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast
 
 
 if __name__ == "__main__":  # the child process of build_in_pinned_process: recipe JSON, output directory, parent pid
-    _die_with_parent(int(sys.argv[3]))
+    die_with_parent(int(sys.argv[3]))  # a killed sweep must not leave a build running on its own
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(1)
     build_base_model(BaseModelRecipe(**json.loads(sys.argv[1])), Path(sys.argv[2]))
