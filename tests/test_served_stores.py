@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import sqlite3
@@ -141,8 +142,9 @@ def test_make_refuses_a_store_it_would_create_or_cannot_open_in_one_line_writing
     before = snapshot(tmp_path)
     result = run_make(target, variable, url)
     assert result.returncode != 0, result.stderr
-    # make adds its own "make: *** [...] Error 2" line; everything else is the check's one line
-    lines = [line for line in result.stderr.splitlines() if not line.startswith("make: ***")]
+    # make adds its own "make: *** [...] Error 2" line ("make[1]: ***" under another make, as in `make test`);
+    # everything else is the check's one line
+    lines = [line for line in result.stderr.splitlines() if not re.match(r"make(\[\d+\])?: \*\*\*", line)]
     assert len(lines) == 1, result.stderr
     expected = f"error: {variable}={url}: " + expected.format(tmp=tmp_path, head=head_revision())
     assert lines[0].startswith(expected), lines[0]
