@@ -16,6 +16,7 @@ from pathlib import Path
 import optuna
 import pandas as pd
 import pytest
+import sqlalchemy
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 from sweep_helpers import (
@@ -418,3 +419,27 @@ def test_a_postgresql_restart_mid_study_loses_nothing(tmp_path, model_cache):
         assert sum(t.state.name == "COMPLETE" for t in study.trials) == 2
         assert not [t for t in study.trials if t.state.name in ("RUNNING", "WAITING")]
         assert (tmp_path / "data" / "restarted" / "trials.csv").is_file()
+
+
+def test_machines_opening_an_empty_postgresql_database_at_once_all_get_the_storage():
+    """The first sweeps on a new database race to create Optuna's schema; each must open it, none may fail."""
+    require_postgres()
+    database = f"lt_race_{uuid.uuid4().hex[:8]}"
+    admin = sqlalchemy.create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(sqlalchemy.text(f"CREATE DATABASE {database}"))
+    url = POSTGRES_URL.rsplit("/", 1)[0] + f"/{database}"
+    opener = "import sys; from lit_tuning.sweep.storage import open_storage; open_storage(sys.argv[1]); print('opened')"
+    try:
+        machines = [
+            subprocess.Popen([sys.executable, "-c", opener, url], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True)
+            for _ in range(6)
+        ]  # fmt: skip
+        outputs = [machine.communicate(timeout=300)[0] for machine in machines]
+        assert [machine.returncode for machine in machines] == [0] * 6, outputs
+        assert all(output.strip().endswith("opened") for output in outputs)
+    finally:
+        with admin.connect() as connection:
+            connection.execute(sqlalchemy.text(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
+        admin.dispose()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import time
 from collections.abc import Iterator
 
 import optuna
@@ -17,6 +18,7 @@ SUPPORTED_SCHEMES = ("sqlite", "postgresql")
 # A worker that misses heartbeats for this long is taken for dead: its trial is failed and retried.
 DEFAULT_HEARTBEAT_S = 30
 MAX_RETRIES = 2  # a trial whose worker dies twice more is left failed, not retried forever
+OPEN_ATTEMPTS = 5  # opening a storage whose schema another process is creating at the same moment
 
 
 class StorageError(ValueError):
@@ -42,18 +44,19 @@ def open_storage(url: str = DEFAULT_STORAGE, heartbeat_s: int = DEFAULT_HEARTBEA
         database.parent.mkdir(parents=True, exist_ok=True)
         # Several workers write one file: wait for the lock instead of failing with "database is locked".
         engine_kwargs = {"connect_args": {"timeout": 120}}
-    try:
-        return RDBStorage(
-            url,
-            engine_kwargs=engine_kwargs,
-            heartbeat_interval=heartbeat_s,
-            grace_period=3 * heartbeat_s,
-            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
-                max_retry=MAX_RETRIES, inherit_intermediate_values=True
-            ),
-        )
-    except sqlalchemy.exc.DatabaseError as error:  # OperationalError, or "file is not a database"
-        raise StorageError(f"--storage {url!r} cannot be opened: {error.orig}; allowed: {_allowed()}") from None
+    callback = RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES, inherit_intermediate_values=True)
+    for attempt in range(1, OPEN_ATTEMPTS + 1):
+        try:
+            return RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_s,
+                              grace_period=3 * heartbeat_s, heartbeat_stale_trial_callback=callback)  # fmt: skip
+        except sqlalchemy.exc.IntegrityError as error:
+            # Machines started at once on an empty database race to create Optuna's schema; the loser gets a
+            # duplicate key (a table's type, the version row). The schema is there now: open it again.
+            race = error
+            time.sleep(0.2 * attempt)
+        except sqlalchemy.exc.DatabaseError as error:  # OperationalError, or "file is not a database"
+            raise StorageError(f"--storage {url!r} cannot be opened: {error.orig}; allowed: {_allowed()}") from None
+    raise StorageError(f"--storage {url!r} cannot be opened: {race.orig}; allowed: {_allowed()}")
 
 
 def _allowed() -> str:
