@@ -8,14 +8,13 @@ import signal
 import sys
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
-# Looked up once, here: a child between fork and exec (a preexec_fn) must not load a library.
 _prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
 
 
 def die_with_parent(parent: int | None = None) -> None:
     """Ask Linux to SIGKILL this process when its parent dies, so that no child of a killed process runs on.
 
-    parent: the parent's pid, given when this runs as a subprocess's preexec_fn (default: this process's parent).
+    parent: the parent's pid (default: this process's parent as it is now).
     Linux sends the signal when the parent *thread* that started the child ends: start children from a thread that
     outlives them (one that waits for them).
     """
@@ -25,3 +24,22 @@ def die_with_parent(parent: int | None = None) -> None:
     _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != parent:  # the parent died before the request took effect
         os._exit(1)
+
+
+def tied_to_this_process(command: list[str]) -> list[str]:
+    """`command`, run so that it dies with this process: a small launcher asks for that, then becomes the command.
+
+    The child asks for itself, after exec, because a subprocess's preexec_fn may deadlock in a process with threads
+    (Python's subprocess docs); the request survives the launcher's exec of the command.
+    """
+    return [sys.executable, "-m", "lit_tuning.processes", str(os.getpid()), *command]
+
+
+def main(argv: list[str]) -> None:
+    """The launcher: `python -m lit_tuning.processes PARENT_PID COMMAND...`."""
+    die_with_parent(int(argv[0]))
+    os.execvp(argv[1], argv[1:])
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -10,9 +10,9 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-import psutil
 import pytest
 import torch
+from sweep_helpers import alive, processes_naming
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from lit_tuning.train.base_model import (
@@ -143,21 +143,14 @@ def test_killing_the_process_that_builds_stops_the_build(tmp_path: Path):
     endless = dataclasses.replace(RECIPES["micro"], num_words=60, pretrain_steps=10**7, vocab_size=320)
     parent = _build_in_child(json.dumps(dataclasses.asdict(endless)), tmp_path, {})
     try:
-        builder = _wait_for_child(parent.pid)
+        deadline = time.monotonic() + 120
+        while not (builders := processes_naming("lit_tuning.train.base_model", str(tmp_path))):
+            assert time.monotonic() < deadline, "the build's child process never started"
+            time.sleep(0.2)
     finally:
         parent.kill()  # also when no child showed up: an endless build must not outlive the test
         parent.wait(timeout=30)
     deadline = time.monotonic() + 30
-    while builder.is_running() and builder.status() != psutil.STATUS_ZOMBIE and time.monotonic() < deadline:
+    while alive(builders[0]) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert not builder.is_running() or builder.status() == psutil.STATUS_ZOMBIE
-
-
-def _wait_for_child(pid: int) -> psutil.Process:
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        children = psutil.Process(pid).children()
-        if children and "lit_tuning.train.base_model" in " ".join(children[0].cmdline()):
-            return children[0]
-        time.sleep(0.2)
-    raise AssertionError("the build's child process never started")
+    assert not alive(builders[0])

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import functools
 import io
 import os
 import subprocess
@@ -21,7 +20,7 @@ from lit_tuning.analysis.significance import BASE_LABEL
 from lit_tuning.commands import Count, add_study_options, command_parser, parse_or_exit, split_known
 from lit_tuning.files import atomic_write
 from lit_tuning.paths import BASE_CONFIG, study_slug
-from lit_tuning.processes import die_with_parent
+from lit_tuning.processes import tied_to_this_process
 from lit_tuning.sweep.attempts import close_run_trackers
 from lit_tuning.sweep.devices import with_threads
 from lit_tuning.tracking.settings import TRACKING_RECORD
@@ -106,12 +105,10 @@ def run_jobs(
         args += ["--tracking.mlflow_experiment", "lit_tuning-confirm"]
         args += ["--trainer.max_steps", str(max_steps)] if max_steps else []
         print(f"confirm: {job.label} seed {job.seed}", flush=True)
-        command = [sys.executable, "-m", "lit_tuning", "fit", *args, *extra]
         # The fit dies with this process: a killed confirm leaves no fit running on unseen, which its re-run would
         # race. This thread waits for the fit, so outlives it (Linux signals when the starting thread ends).
-        result = subprocess.run(
-            command, capture_output=True, text=True, env=env, preexec_fn=functools.partial(die_with_parent, os.getpid())
-        )
+        command = tied_to_this_process([sys.executable, "-m", "lit_tuning", "fit", *args, *extra])
+        result = subprocess.run(command, capture_output=True, text=True, env=env)
         if result.returncode != 0:
             failed.set()
             raise ReportError(f"fit {' '.join(args)} failed (exit {result.returncode}):\n{result.stderr[-3000:]}")
