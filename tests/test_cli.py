@@ -147,7 +147,28 @@ def test_a_bad_value_in_a_config_file_names_the_file(tmp_path, capsys):
     with pytest.raises(SystemExit):
         cli_main(["fit", *micro_args(tmp_path / "runs", "--config", str(bad))])
     message = capsys.readouterr().err
-    assert 'Parser key "model.lora_r"' in message and f"set in config file {bad}" in message
+    assert 'Parser key "model.lora_r"' in message and f"then in config file {bad}" in message
+    assert not (tmp_path / "runs").exists()
+
+
+def test_every_source_of_a_bad_key_is_named_in_order_also_for_relative_paths_in_other_folders(
+    tmp_path, capsys, monkeypatch
+):
+    """jsonargparse reads a config from inside its folder: the sources must still be found from where the user is."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "a" / "first.yaml").write_text("model:\n  lora_r: 8\n")
+    (tmp_path / "b" / "second.yaml").write_text("model:\n  lora_r: -3\n")
+    monkeypatch.chdir(tmp_path)
+    args = micro_args(tmp_path / "runs", "--model.lora_r", "4", "--config", "a/first.yaml", "--config", "b/second.yaml")
+    with pytest.raises(SystemExit):
+        cli_main(["fit", *args])
+    (line,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    expected = (
+        '"model.lora_r" is set in config file ' + str(ROOT / "configs/base.yaml")
+        + ", then on the command line, then in config file a/first.yaml, then in config file b/second.yaml"
+    )  # fmt: skip
+    assert expected in line
     assert not (tmp_path / "runs").exists()
 
 
@@ -157,7 +178,7 @@ def test_an_unknown_key_in_a_config_file_names_the_file_and_the_allowed_keys(tmp
     with pytest.raises(SystemExit):
         cli_main(["fit", *micro_args(tmp_path / "runs", "--config", str(bad))])
     message = capsys.readouterr().err
-    assert "model.lora_rank" in message and f"set in config file {bad}" in message
+    assert "model.lora_rank" in message and f"is set in config file {bad}" in message
     assert "allowed keys under model:" in message and "lora_r," in message
     assert not (tmp_path / "runs").exists()
 

@@ -105,7 +105,7 @@ def test_bad_override_names_key_origin_and_rule():
     message = str(error.value)
     assert 'Parser key "model.lora_dropout"' in message
     assert "v>=0 and v<1" in message
-    assert '"model.lora_dropout" is set on the command line' in message
+    assert f'"model.lora_dropout" is set in config file {BASE}, then on the command line' in message
 
 
 def test_missing_config_file_is_named(tmp_path: Path):

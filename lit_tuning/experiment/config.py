@@ -99,7 +99,7 @@ def override_arg(key: str, value: Any) -> str:
 
 def parse_args(args: list[str], namespace: Namespace | None = None) -> Namespace:
     """Parse `fit` arguments (over an already parsed namespace if given); raise ConfigError with the CLI's message."""
-    LitTuningParser.argv = args  # lets the parser's error say which file or override set the bad key
+    LitTuningParser.invoked(args)  # lets the parser's error say which file or override set the bad key
     try:
         return fit_parser().parse_args(args, namespace=namespace.clone() if namespace is not None else None)
     except ArgumentError as error:

@@ -52,11 +52,12 @@ def open_storage(url: str = DEFAULT_STORAGE, heartbeat_s: int = DEFAULT_HEARTBEA
         except sqlalchemy.exc.IntegrityError as error:
             # Machines started at once on an empty database race to create Optuna's schema; the loser gets a
             # duplicate key (a table's type, the version row). The schema is there now: open it again.
-            race = error
+            failure = error
             time.sleep(0.2 * attempt)
         except sqlalchemy.exc.DatabaseError as error:  # OperationalError, or "file is not a database"
-            raise StorageError(f"--storage {url!r} cannot be opened: {error.orig}; allowed: {_allowed()}") from None
-    raise StorageError(f"--storage {url!r} cannot be opened: {race.orig}; allowed: {_allowed()}")
+            failure = error
+            break
+    raise StorageError(f"--storage {url!r} cannot be opened: {failure.orig}; allowed: {_allowed()}")
 
 
 def _allowed() -> str:

@@ -32,12 +32,21 @@ UNKNOWN_KEY = re.compile(r"accept option '([^']+)'|unrecognized arguments: --(\S
 class LitTuningParser(LightningArgumentParser):
     """A LightningArgumentParser whose errors also say which config file (or the command line) set the bad key."""
 
-    argv: ClassVar[list[str]] = []  # the arguments of the current invocation, set by cli_main
+    argv: ClassVar[list[str]] = []  # the arguments of the current invocation, set by invoked()
+    # jsonargparse parses a config file from inside its folder, so a relative --config path is read from here.
+    workdir: ClassVar[Path] = Path.cwd()
+
+    @classmethod
+    def invoked(cls, argv: list[str]) -> None:
+        """Record the arguments about to be parsed, and the folder they are relative to, for error messages."""
+        cls.argv, cls.workdir = argv, Path.cwd()
 
     def error(self, message: str, ex: Exception | None = None) -> NoReturn:
         """Exit 2 with one line: the message plus where the offending key came from (a broken config file alone)."""
-        problem = next(filter(None, map(file_problem, config_files(self.argv))), None)
-        full = problem or message + describe_key_sources(message, self.argv) + self._allowed_keys_hint(message)
+        paths = [str(self.workdir / path) for path in config_files(self.argv)]
+        problem = next(filter(None, map(file_problem, paths)), None)
+        sources = describe_key_sources(message, self.argv, self.workdir)
+        full = problem or message + sources + self._allowed_keys_hint(message)
         if not self.exit_on_error:  # a caller that handles the error itself
             super().error(full, ex)
         self._logger.error(full)
@@ -185,32 +194,36 @@ class AdapterExport(Callback):
 
 def config_files(argv: list[str]) -> list[str]:
     """Return the paths given to -c/--config in an argument list, in order."""
-    files = []
-    for index, arg in enumerate(argv):
-        if arg in ("-c", "--config") and index + 1 < len(argv):
-            files.append(argv[index + 1])
-        elif arg.startswith("--config="):
-            files.append(arg.split("=", 1)[1])
-    return files
+    return [path for index in range(len(argv)) if (path := _config_at(argv, index)) is not None]
 
 
-def describe_key_sources(message: str, argv: list[str]) -> str:
-    """Explain where the key named in a parser error message was set: which config files, or the command line."""
-    lines = []
+def _config_at(argv: list[str], index: int) -> str | None:
+    """Return the config path that argv[index] gives (-c PATH, --config PATH or --config=PATH), or None."""
+    arg = argv[index]
+    if arg in ("-c", "--config") and index + 1 < len(argv):
+        return argv[index + 1]
+    return arg.split("=", 1)[1] if arg.startswith("--config=") else None
+
+
+def describe_key_sources(message: str, argv: list[str], workdir: Path) -> str:
+    """Explain where the key named in a parser error message was set: the config files and the command line, in the
+    order the parser reads them (later ones win; a command-line value is checked as soon as it is read)."""
     match = KEY_IN_ERROR.search(message)
     key = match and next(group for group in match.groups() if group)
     if not key:
         return ""
-    for path in config_files(argv):
-        try:
-            document = load_yaml(Path(path).read_text())
-        except (OSError, UnicodeDecodeError, yaml.YAMLError):
-            continue  # error() names broken files on their own; the parser reports missing ones
-        if _has_dotted_key(document, key):
-            lines.append(f'"{key}" is set in config file {path}')
-    if any(arg == f"--{key}" or arg.startswith(f"--{key}=") for arg in argv):
-        lines.append(f'"{key}" is set on the command line')
-    return "".join(f"\n  {line}" for line in lines)
+    sources = []
+    for index, arg in enumerate(argv):
+        if (path := _config_at(argv, index)) is not None:
+            try:
+                document = load_yaml((workdir / path).read_text())
+            except (OSError, UnicodeDecodeError, yaml.YAMLError):
+                continue  # error() names broken files on their own; the parser reports missing ones
+            if _has_dotted_key(document, key):
+                sources.append(f"in config file {path}")
+        elif arg == f"--{key}" or arg.startswith(f"--{key}="):
+            sources.append("on the command line")
+    return f'\n  "{key}" is set {", then ".join(dict.fromkeys(sources))}' if sources else ""
 
 
 def _has_dotted_key(document: object, key: str) -> bool:
@@ -238,7 +251,7 @@ def cli_main(args: ArgsType = None, run: bool = True, callbacks: Sequence[Callba
 
     ``callbacks`` join the configured ones: the sweep passes its pruning callback this way.
     """
-    LitTuningParser.argv = [str(arg) for arg in args] if isinstance(args, list) else sys.argv[1:]
+    LitTuningParser.invoked([str(arg) for arg in args] if isinstance(args, list) else sys.argv[1:])
     try:
         cli = LitTuningCLI(args=args, run=run, extra_callbacks=callbacks, **cli_kwargs())
     except BaseException as exception:  # SystemExit included: no tracker run may stay RUNNING
