@@ -146,3 +146,22 @@ def test_models_that_rescale_logits_keep_the_full_computation(micro_model_dir: P
     causal_lm = module.model.get_base_model()
     causal_lm.config.final_logit_softcapping = 30.0
     assert not supports_lean_logits(causal_lm)
+
+
+@pytest.mark.parametrize("rank", [4, 16])
+def test_rslora_scales_the_update_by_alpha_over_sqrt_rank_instead_of_alpha_over_rank(micro_model_dir: Path, rank: int):
+    """The same adapter weights move a layer's output sqrt(r) times as far with rsLoRA as with plain LoRA."""
+    updates = []
+    for use_rslora in (False, True):
+        torch.manual_seed(0)
+        module = LoRAModule("embedded:micro", lora_r=rank, lora_alpha=8.0, use_rslora=use_rslora, lora_dropout=0.0)
+        layer = module.model.base_model.model.model.layers[0].mlp.down_proj
+        torch.manual_seed(1)
+        torch.nn.init.normal_(layer.lora_B.default.weight)
+        x = torch.randn(3, layer.in_features)
+        with torch.no_grad():
+            updates.append(layer(x) - layer.base_layer(x))
+    assert updates[0].abs().max() > 0
+    torch.testing.assert_close(updates[1], updates[0] * rank**0.5)
+    saved = module.hparams
+    assert saved["use_rslora"] is True and module.model.peft_config["default"].use_rslora

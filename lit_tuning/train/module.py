@@ -33,6 +33,7 @@ class LoRAModule(pl.LightningModule):
         model_name_or_path: str = "embedded:tiny",
         lora_r: PositiveInt = 16,
         lora_alpha: PositiveFloat = 32.0,
+        use_rslora: bool = False,
         lora_dropout: Dropout = 0.05,
         target_modules: list[str] | Literal["all-linear"] = "all-linear",
         learning_rate: PositiveFloat = 2e-3,
@@ -48,6 +49,8 @@ class LoRAModule(pl.LightningModule):
             model_name_or_path: ``embedded:tiny`` (built offline), a save_pretrained directory, or a hub id.
             lora_r: rank of the LoRA update matrices.
             lora_alpha: LoRA scaling numerator; the update is scaled by alpha / r.
+            use_rslora: scale the update by alpha / sqrt(r) instead (rank-stabilized LoRA, Kalajdzievski 2023), so
+                a good learning rate and alpha carry over between ranks.
             lora_dropout: dropout on the LoRA input, in [0, 1).
             target_modules: names of the linear layers to adapt, or ``all-linear``.
             learning_rate: peak AdamW learning rate.
@@ -69,8 +72,8 @@ class LoRAModule(pl.LightningModule):
         # Checkpoints hold only the trainable (adapter) weights; the frozen base is reloaded from its source.
         self.strict_loading = False
         self.tokens_seen = 0  # prompt tokens trained on, kept in checkpoints so a resumed run keeps counting
-        self.model = build_lora_model(model_name_or_path, torch_dtype, adapter_path, lora_r, lora_alpha, lora_dropout,
-                                      target_modules)  # fmt: skip
+        self.model = build_lora_model(model_name_or_path, torch_dtype, adapter_path, lora_r, lora_alpha, use_rslora,
+                                      lora_dropout, target_modules)  # fmt: skip
         self._step_started = 0.0
         self._val_correct = self._val_total = 0
 
@@ -213,6 +216,7 @@ def build_lora_model(
     adapter_path: str | None,
     lora_r: int,
     lora_alpha: float,
+    use_rslora: bool,
     lora_dropout: float,
     target_modules: list[str] | str,
 ) -> PeftModel:
@@ -224,8 +228,8 @@ def build_lora_model(
         model = PeftModel.from_pretrained(base, adapter_path, is_trainable=True)
     else:
         lora = LoraConfig(
-            r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules=target_modules,
-            task_type="CAUSAL_LM",
+            r=lora_r, lora_alpha=lora_alpha, use_rslora=use_rslora, lora_dropout=lora_dropout,
+            target_modules=target_modules, task_type="CAUSAL_LM",
         )  # fmt: skip
         model = get_peft_model(base, lora)
     warm.adopt(model)
