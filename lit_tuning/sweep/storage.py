@@ -19,6 +19,7 @@ SUPPORTED_SCHEMES = ("sqlite", "postgresql")
 DEFAULT_HEARTBEAT_S = 30
 MAX_RETRIES = 2  # a trial whose worker dies twice more is left failed, not retried forever
 OPEN_ATTEMPTS = 5  # opening a storage whose schema another process is creating at the same moment
+SCHEMA_RACE_CODES = {"42P07", "42710"}  # PostgreSQL's duplicate_table and duplicate_object
 
 
 class StorageError(ValueError):
@@ -49,15 +50,22 @@ def open_storage(url: str = DEFAULT_STORAGE, heartbeat_s: int = DEFAULT_HEARTBEA
         try:
             return RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_s,
                               grace_period=3 * heartbeat_s, heartbeat_stale_trial_callback=callback)  # fmt: skip
-        except sqlalchemy.exc.IntegrityError as error:
-            # Machines started at once on an empty database race to create Optuna's schema; the loser gets a
-            # duplicate key (a table's type, the version row). The schema is there now: open it again.
+        except sqlalchemy.exc.DatabaseError as error:  # OperationalError, or "file is not a database", or a race
             failure = error
+            if not is_schema_race(error):
+                break
             time.sleep(0.2 * attempt)
-        except sqlalchemy.exc.DatabaseError as error:  # OperationalError, or "file is not a database"
-            failure = error
-            break
     raise StorageError(f"--storage {url!r} cannot be opened: {failure.orig}; allowed: {_allowed()}")
+
+
+def is_schema_race(error: sqlalchemy.exc.DatabaseError) -> bool:
+    """Whether opening failed because another process created Optuna's schema at the same moment.
+
+    Machines started at once on an empty database race to create it; the losers get a duplicate key (the version
+    row) or "already exists" (a table, a type). The schema is there now, so opening again succeeds.
+    """
+    code = getattr(error.orig, "sqlstate", None) or getattr(error.orig, "pgcode", None)  # psycopg 3, psycopg2
+    return isinstance(error, sqlalchemy.exc.IntegrityError) or code in SCHEMA_RACE_CODES
 
 
 def _allowed() -> str:
