@@ -57,6 +57,15 @@ def write_space(folder: Path, name: str, overrides: dict[str, Any] | None = None
     return path
 
 
+def with_base_file(space: Path, base: Path) -> Path:
+    """Point a space's first base config file at `base`, a copy of configs/base.yaml that a test may edit."""
+    base.write_text((ROOT / "configs/base.yaml").read_text())
+    document = yaml.safe_load(space.read_text())
+    document["base"]["configs"][0] = str(base)
+    space.write_text(yaml.safe_dump(document, sort_keys=False))
+    return space
+
+
 def sweep_command(space: Path, root: Path, storage: str, *extra: str) -> list[str]:
     """The `python -m lit_tuning.sweep` command of a test study writing under root."""
     return [
@@ -167,6 +176,14 @@ def processes_naming(*texts: str) -> list[int]:
         if all(text.encode() in args for text in texts) and int(cmdline.parent.name) != os.getpid():
             pids.append(int(cmdline.parent.name))
     return [pid for pid in pids if alive(pid)]
+
+
+def parent_of(pid: int) -> int | None:
+    """The parent pid of a live process (from /proc), or None once it has ended."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1])
+    except OSError:
+        return None
 
 
 def alive(pid: int) -> bool:

@@ -16,14 +16,14 @@ import torch
 import yaml
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
-from sweep_helpers import ROOT, write_space
+from sweep_helpers import ROOT, with_base_file, write_space
 
 from lit_tuning.experiment.search_space import load_search_space
 from lit_tuning.sweep.cli import main
 from lit_tuning.sweep.driver import SweepDriver, SweepRun, failure_summary
 from lit_tuning.sweep.objective import Objective, TrialContext, trial_dir
 from lit_tuning.sweep.storage import open_storage
-from lit_tuning.sweep.study import StudyMismatchError, open_study
+from lit_tuning.sweep.study import DEFINITION_ATTR, StudyMismatchError, open_study
 from lit_tuning.sweep.trial_record import KILLED_REASON, record_killed_reason, trials_frame
 
 DISTRIBUTIONS = {"model.learning_rate": optuna.distributions.FloatDistribution(1e-4, 3e-2, log=True)}
@@ -119,6 +119,28 @@ def test_an_edited_space_is_refused_with_what_changed_unless_asked_to_continue(t
     assert "continues under a changed space: parameter model.lora_r" in capsys.readouterr().out
     assert study.user_attrs["space_definition"]["parameter model.lora_r"] == "one of [4, 8]"
     open_study(load_search_space(space), "s", open_storage(storage), 4)  # the new definition is now the study's
+
+
+def test_an_edit_inside_a_base_file_is_a_change_of_the_space(tmp_path):
+    storage, base = f"sqlite:///{tmp_path / 'o.db'}", tmp_path / "base.yaml"
+    space = with_base_file(write_space(tmp_path, "s"), base)
+    open_study(load_search_space(space), "s", open_storage(storage), 4)
+    base.write_text(base.read_text().replace("lora_dropout: 0.05", "lora_dropout: 0.1"))
+    with pytest.raises(StudyMismatchError, match=r"\(base model.lora_dropout: stored 0.05, given 0.1\);"):
+        open_study(load_search_space(space), "s", open_storage(storage), 4)
+
+
+def test_a_study_stored_by_a_version_without_some_base_keys_resumes_and_gains_them(tmp_path):
+    """Studies stored before base values were (or before a config key existed) are not refused for lacking them."""
+    storage = f"sqlite:///{tmp_path / 'o.db'}"
+    space = write_space(tmp_path, "s")
+    study = open_study(load_search_space(space), "s", open_storage(storage), 4)
+    full = study.user_attrs[DEFINITION_ATTR]
+    older = {key: value for key, value in full.items() if key != "base model.use_rslora"}
+    study.set_user_attr(DEFINITION_ATTR, older)
+    study = open_study(load_search_space(space), "s", open_storage(storage), 4)
+    assert study.user_attrs[DEFINITION_ATTR] == full
+    assert full["base model.use_rslora"] == "False" and full["base data.num_words"] == "300"
 
 
 @pytest.mark.slow

@@ -17,6 +17,7 @@ import optuna
 import pandas as pd
 import pytest
 import sqlalchemy
+import yaml
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 from sweep_helpers import (
@@ -28,6 +29,7 @@ from sweep_helpers import (
     sqlite_url,
     states,
     sweep_command,
+    with_base_file,
     write_space,
 )
 
@@ -443,3 +445,22 @@ def test_machines_opening_an_empty_postgresql_database_at_once_all_get_the_stora
         with admin.connect() as connection:
             connection.execute(sqlalchemy.text(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
         admin.dispose()
+
+
+def test_a_base_file_edited_mid_study_reaches_no_later_trial_and_a_rerun_refuses_it(tmp_path, model_cache):
+    base = tmp_path / "base.yaml"
+    space = with_base_file(write_space(tmp_path, "edited", n_trials=3), base)
+    driver = start_sweep(space, tmp_path, "--workers=1")
+    first_trial = tmp_path / "runs" / "edited" / "t0000"
+    deadline = time.monotonic() + 300
+    while not first_trial.exists() and driver.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    base.write_text(base.read_text().replace("lora_dropout: 0.05", "lora_dropout: 0.1"))  # while t0000 trains
+    assert driver.wait(timeout=600) == 0, (tmp_path / "driver.log").read_text()[-3000:]
+    runs = sorted((tmp_path / "runs" / "edited").glob("t*"))
+    dropouts = [yaml.safe_load((run / "config.yaml").read_text())["model"]["lora_dropout"] for run in runs]
+    assert dropouts == [0.05, 0.05, 0.05]
+    result = run_sweep(space, tmp_path, sqlite_url(tmp_path), "--workers=1", "--n-trials=4")
+    assert result.returncode == 2
+    assert "base model.lora_dropout: stored 0.05, given 0.1" in result.stderr, result.stderr[-3000:]
+    assert len(load(tmp_path, "edited").trials) == 3

@@ -19,9 +19,9 @@ from lit_tuning.commands import (
     command_parser,
     parse,
 )
-from lit_tuning.experiment.config import ConfigError, check_config, parse_args
+from lit_tuning.experiment.config import ConfigError, check_config, parse_args, save_config
 from lit_tuning.experiment.search_space import SearchSpace, SearchSpaceError, design_size, load_search_space
-from lit_tuning.paths import DEFAULT_SEARCH_SPACE, MAX_NAME_LENGTH, RESULTS_ROOT, SAFE_NAME
+from lit_tuning.paths import DEFAULT_SEARCH_SPACE, MAX_NAME_LENGTH, RESULTS_ROOT, SAFE_NAME, study_slug
 from lit_tuning.sweep import ranks
 from lit_tuning.sweep.devices import DeviceError, WorkerPlan, model_weight_bytes, plan_workers
 from lit_tuning.sweep.driver import SweepDriver, SweepRun
@@ -221,16 +221,19 @@ def run_worker(options: Namespace) -> int:
     space = load_search_space(options.search_space)
     name, budget = study_name(options, space), resolve_budget(options, space)
     storage = open_storage(options.storage, options.heartbeat)
-    study = open_study(space, name, storage, budget)
+    study = open_study(space, name, storage, budget)  # refuses a space (base files included) edited since it began
+    runs_root = Path(options.results_root) / "runs"
+    base_config = runs_root / study_slug(name) / "logs" / f"{options.worker_name}-base.yaml"
     context = TrialContext(
         space=space,
         study_name=name,
-        runs_root=Path(options.results_root) / "runs",
+        runs_root=runs_root,
         fit_args=tuple(options.fit_args),
         worker=options.worker_name,
         device=options.device,
         devices_per_trial=options.devices_per_trial,
         storage_url=options.storage,
+        base_config=save_config(space.resolved_base, base_config).resolve(),
     )
     limits = WorkerLimits(budget, deadline=options.deadline, max_failures=options.max_failures or budget)
     return work(study, storage, context, limits, options.threads)

@@ -19,6 +19,7 @@ import lightning.pytorch as pl
 import optuna
 import torch
 
+from lit_tuning.experiment.config import Experiment
 from lit_tuning.experiment.search_space import SearchSpace
 from lit_tuning.experiment.strategies import suggest
 from lit_tuning.paths import study_slug
@@ -45,6 +46,9 @@ class TrialContext:
     device: str = "cpu"
     devices_per_trial: int = 1  # > 1: each trial is a DDP run in its own processes (see sweep/ranks.py)
     storage_url: str = ""  # the study's storage, for the rank processes of a DDP trial
+    # The space's base composed into one file when the worker started: trials read it instead of the base files, so
+    # an edit to those mid-study cannot reach later trials (a re-run then refuses the changed space).
+    base_config: Path | None = None
 
 
 def trial_dir(runs_root: Path, study_name: str, number: int) -> Path:
@@ -112,9 +116,10 @@ class Objective:
     def fit_command(self, trial: optuna.Trial, run_dir: Path, checkpoint: Path | None) -> list[str]:
         """Return the `fit` arguments of a trial: the space's base config, its sampled values, run naming."""
         space, context = self.context.space, self.context
+        base = Experiment((str(context.base_config),)) if context.base_config else space.base
         args = [
             "fit",
-            *space.base.with_overrides(suggest(trial, space)).cli_args(),
+            *base.with_overrides(suggest(trial, space)).cli_args(),
             f"--run_name={run_dir.name}",
             f"--trainer.default_root_dir={run_dir.parent}",
             f"--tracking.study={context.study_name}",

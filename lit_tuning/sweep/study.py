@@ -15,6 +15,7 @@ from lit_tuning.sweep.storage import study_lock
 from lit_tuning.sweep.trial_record import INTERRUPTED, retry_history
 
 DEFINITION_ATTR = "space_definition"  # study attribute: the space's parameters and base when the study began
+BASE_FILES = "base files"  # the definition key of the base config files, in the order they compose
 
 
 class StudyMismatchError(ValueError):
@@ -73,21 +74,32 @@ def open_study(
 
 
 def space_definition(space: SearchSpace) -> dict[str, str]:
-    """What a study's trials depend on, as readable text: each parameter's range or candidates and the base."""
+    """What a study's trials depend on, as readable text: each parameter's range or candidates, the base files, and
+    every value of the base they compose (so an edit inside a base file is a change too)."""
     definition = {f"parameter {key}": str(parameter) for key, parameter in sorted(space.parameters.items())}
-    definition["base files"] = ", ".join(str(path) for path in space.base.files)
-    definition.update({f"base {key}": repr(value) for key, value in sorted(space.base.overrides.items())})
+    definition[BASE_FILES] = ", ".join(str(path) for path in space.base.files)
+    base = space.resolved_base.namespace
+    definition.update({f"base {key}": repr(value) for key, value in sorted(base.items()) if key != "config"})
     return definition
 
 
 def definition_changes(stored: dict[str, str], given: dict[str, str]) -> list[str]:
-    """One line per key whose definition differs: 'key: stored X, given Y' (absent on one side: 'none')."""
+    """One line per key whose definition differs: 'key: stored X, given Y' (absent on one side: 'none').
+
+    A base value that only one side has is a config key that another version of lit_tuning lacks (a study stored
+    before its base values were, or before a key was added), not an edit: it is left out.
+    """
     keys = sorted(set(stored) | set(given))
     return [
         f"{key}: stored {stored.get(key, 'none')}, given {given.get(key, 'none')}"
         for key in keys
-        if stored.get(key) != given.get(key)
+        if stored.get(key) != given.get(key) and (_is_declared(key) or (key in stored and key in given))
     ]
+
+
+def _is_declared(key: str) -> bool:
+    """Whether a definition key is one the space file declares itself (a parameter, the base files)."""
+    return key.startswith("parameter ") or key == BASE_FILES
 
 
 def check_definition(study: optuna.Study, space: SearchSpace, accept_changed_space: bool) -> None:
