@@ -17,12 +17,13 @@ import pandas as pd
 import pytest
 import yaml
 from analysis_helpers import LEGAL_KINDS, ROOT, legal_study, make_study
-from sweep_helpers import processes_naming
+from sweep_helpers import parent_of, processes_naming
 
-from lit_tuning.analysis.confirm import Job, run_jobs
+from lit_tuning.analysis.confirm import Job, freeze, run_jobs
 from lit_tuning.analysis.report import ReportError, build_report, main
+from lit_tuning.experiment.config import Experiment
 from lit_tuning.experiment.search_space import load_search_space
-from lit_tuning.paths import study_slug
+from lit_tuning.paths import BASE_CONFIG, study_slug
 
 HOSTILE = "<script>alert(1)</script>"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -195,7 +196,9 @@ def test_confirm_reruns_configs_over_seeds(tmp_path: Path, micro_model_dir: Path
     # Two workers: two fits run at once and never more (each fit lives for seconds: imports, then its run).
     fits_at_once = set()
     while confirm.poll() is None:
-        fits_at_once.add(len(processes_naming("lit_tuning\0fit", str(root))))
+        # Confirm's own children: a fit's forked helper (MLflow runs git) shares its command line for a moment.
+        fits = [pid for pid in processes_naming("lit_tuning\0fit", str(root)) if parent_of(pid) == confirm.pid]
+        fits_at_once.add(len(fits))
         time.sleep(0.05)
     assert confirm.returncode == 0, log.read_text()[-3000:]
     assert max(fits_at_once) == 2, fits_at_once
@@ -212,18 +215,56 @@ def test_confirm_reruns_configs_over_seeds(tmp_path: Path, micro_model_dir: Path
         assert saved["seed_everything"] == row.seed, row.run_dir
 
 
+MICRO_CONFIRM = {
+    "model.model_name_or_path": "embedded:micro",
+    "data.num_words": 300,
+    "trainer.max_steps": 20,
+    "trainer.val_check_interval": 10,
+}
+
+
 def test_a_failed_confirm_run_stops_the_queue_and_keeps_the_finished_rows(
-    tmp_path: Path, capsys: pytest.CaptureFixture
+    tmp_path: Path, capsys: pytest.CaptureFixture, micro_model_dir: Path
 ) -> None:
     root = tmp_path / "results"
     table = root / "data" / "s" / "confirm.csv"
     table.parent.mkdir(parents=True)
     table.write_text("config,seed,value,run_dir\nbase,0,0.5,/x\n")  # a finished run from an earlier confirm
-    jobs = [Job("bad", ("--model.lora_r", "0"), 0), Job("bad", ("--model.lora_r", "0"), 1)]
-    with pytest.raises(ReportError, match=r"fit --model.lora_r 0 --seed_everything 0 .* failed \(exit 2\)"):
-        run_jobs("s", [Job("base", (), 0), *jobs], root=root, workers=1)
+    micro = Experiment((BASE_CONFIG,), MICRO_CONFIRM)
+    jobs = [Job("base", micro, 0), Job("bad", micro, 0), Job("bad", micro, 1)]
+    # A config that composes but whose fit fails: an extra fit argument refused by `fit` only.
+    with pytest.raises(ReportError, match=r"fit --config \S+/bad\.yaml --seed_everything 0 .* failed \(exit 2\)"):
+        run_jobs("s", jobs, root=root, workers=1, extra=("--model.lora_r", "0"))
     assert table.read_text() == "config,seed,value,run_dir\nbase,0,0.5,/x\n"
     assert "confirm: bad seed 0" in capsys.readouterr().out.splitlines()[-1], "the second bad job never started"
+
+
+def test_a_config_that_fit_would_refuse_stops_confirm_before_any_run_and_writes_nothing(
+    tmp_path: Path, micro_model_dir: Path
+) -> None:
+    root = tmp_path / "results"
+    good = Experiment((BASE_CONFIG,), MICRO_CONFIRM)
+    bad = Experiment((BASE_CONFIG,), {**MICRO_CONFIRM, "model.lora_r": 0})
+    with pytest.raises(ReportError, match=r"config 'bad' is refused before any run: .*model\.lora_r"):
+        run_jobs("s", [Job("good", good, 0), Job("bad", bad, 0)], root=root, workers=1)
+    assert not root.exists()
+
+
+def test_every_seed_of_a_config_reads_it_as_confirm_first_composed_it(tmp_path: Path, micro_model_dir: Path) -> None:
+    """A file edited while confirm runs reaches no later seed; a later confirm refuses the changed config."""
+    base = tmp_path / "base.yaml"
+    base.write_text((ROOT / "configs/base.yaml").read_text())
+    folder, table = tmp_path / "configs", tmp_path / "confirm.csv"
+    job = Job("base", Experiment((str(base),), MICRO_CONFIRM), 0)
+    (frozen,) = freeze([job], folder, table).values()
+    base.write_text(base.read_text().replace("warmup_steps: 50", "warmup_steps: 0"))
+    assert yaml.safe_load(frozen.read_text())["model"]["warmup_steps"] == 50
+    with pytest.raises(
+        ReportError, match=r"config 'base' composes to other values .*model\.warmup_steps: 50 then, 0 now"
+    ):
+        freeze([job], folder, table)
+    base.write_text(base.read_text().replace("warmup_steps: 0", "warmup_steps: 50"))
+    assert freeze([job], folder, table) == {"base": frozen}  # restored: the frozen file is the config again
 
 
 def test_report_on_a_running_study(tmp_path: Path) -> None:

@@ -13,11 +13,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pandas as pd
+from jsonargparse import Namespace
 
 from lit_tuning.analysis.report import ROOT, ReportError, load_existing_study
 from lit_tuning.analysis.report_data import study_space
 from lit_tuning.analysis.significance import BASE_LABEL
 from lit_tuning.commands import Count, add_study_options, command_parser, parse_or_exit, split_known
+from lit_tuning.experiment.config import ConfigError, Experiment, compose, save_config
 from lit_tuning.files import atomic_write
 from lit_tuning.paths import BASE_CONFIG, study_slug
 from lit_tuning.processes import tied_to_this_process
@@ -32,10 +34,10 @@ ATTEMPT_KILLED = "confirm was killed before this run finished; a later confirm r
 
 @dataclasses.dataclass(frozen=True)
 class Job:
-    """One re-run: a config label, the `fit` arguments that compose it, the seed, and the study's objective metric."""
+    """One re-run: a config label, the files and overrides that compose it, the seed, and the study's metric."""
 
     label: str
-    config_args: tuple[str, ...]
+    experiment: Experiment
     seed: int
     metric: str = PRIMARY_METRIC
 
@@ -54,10 +56,10 @@ def plan(study_name: str, *, storage: str, root: Path, top_k: int, seeds: int) -
             f"study {study_name!r}: user attribute search_space = {study.user_attrs.get('search_space')!r} is not a "
             "readable search-space file; allowed: the path the sweep recorded"
         )
-    configs = [(path.stem, ("--config", BASE_CONFIG, "--config", str(path))) for path in ranked]
-    configs.append((BASE_LABEL, tuple(space.base.cli_args())))
+    configs = [(path.stem, Experiment((BASE_CONFIG, str(path)))) for path in ranked]
+    configs.append((BASE_LABEL, space.base))
     metric = study.user_attrs.get("metric", PRIMARY_METRIC)  # a minimised study's val/loss, not always accuracy
-    return [Job(label, args, seed, metric) for label, args in configs for seed in range(seeds)]
+    return [Job(label, experiment, seed, metric) for label, experiment in configs for seed in range(seeds)]
 
 
 def final_value(run_dir: Path, metric: str = PRIMARY_METRIC) -> float:
@@ -93,14 +95,15 @@ def run_jobs(
     env = with_threads(threads) if workers > 1 else None
     lock, failed = threading.Lock(), threading.Event()
     todo = [job for job in jobs if (job.label, job.seed) not in finished]
+    frozen = freeze(todo, table.parent / "confirm_configs", table)  # every config is checked before any fit starts
     # Attempts a kill left are closed here, one at a time, before any fit starts: closing a W&B run starts one.
-    run_dirs = {job: next_attempt(runs_root, run_name(job, max_steps)) for job in todo}
+    run_dirs = {(job.label, job.seed): next_attempt(runs_root, run_name(job, max_steps)) for job in todo}
 
     def run(job: Job) -> None:
         if failed.is_set():  # a failed run stops the queue; runs already going finish and are kept
             return
-        run_dir = run_dirs[job]
-        args = [*job.config_args, "--seed_everything", str(job.seed), "--run_name", run_dir.name]
+        run_dir = run_dirs[job.label, job.seed]
+        args = ["--config", str(frozen[job.label]), "--seed_everything", str(job.seed), "--run_name", run_dir.name]
         args += ["--trainer.default_root_dir", str(runs_root), "--tracking.root", str(root)]
         args += ["--tracking.mlflow_experiment", "lit_tuning-confirm"]
         args += ["--trainer.max_steps", str(max_steps)] if max_steps else []
@@ -132,6 +135,42 @@ def run_jobs(
     if errors:
         raise errors[0]
     return table
+
+
+def freeze(jobs: list[Job], folder: Path, table: Path) -> dict[str, Path]:
+    """Compose each job's config once into folder/<label>.yaml, which its runs read instead of its files.
+
+    Every seed of a config then runs the same values, even when a file it is composed from is edited while confirm
+    runs. A later confirm that finds a config composing to other values than its frozen file refuses: the seeds in
+    confirm.csv would mix two configs. Every config is checked before any file is written.
+    """
+    resolved = {}
+    for job in jobs:
+        try:
+            resolved[job.label] = compose(job.experiment)
+        except ConfigError as error:
+            raise ReportError(f"config {job.label!r} is refused before any run: {error}") from None
+    experiments = {job.label: job.experiment for job in jobs}
+    for label, config in resolved.items():
+        if (folder / f"{label}.yaml").is_file():
+            changes = config_changes(compose(Experiment((str(folder / f"{label}.yaml"),))).namespace, config.namespace)
+            if changes:
+                raise ReportError(
+                    f"config {label!r} composes to other values than when confirm began ({'; '.join(changes)}), so "
+                    f"its seeds in {table} would mix two configs; allowed: restore "
+                    f"{' + '.join(experiments[label].files)}, or start over by removing {table} and "
+                    f"{folder / f'{label}.yaml'}"
+                )
+    return {
+        label: (path if (path := folder / f"{label}.yaml").is_file() else save_config(config, path)).resolve()
+        for label, config in resolved.items()
+    }
+
+
+def config_changes(before: Namespace, now: Namespace) -> list[str]:
+    """'key: X then, Y now' for each config value that differs (the config files' own list aside)."""
+    keys = sorted((set(before.keys()) | set(now.keys())) - {"config"})
+    return [f"{key}: {before.get(key)!r} then, {now.get(key)!r} now" for key in keys if before.get(key) != now.get(key)]
 
 
 def run_name(job: Job, max_steps: int | None) -> str:
@@ -176,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         jobs = plan(study.study_name, storage=args.storage, root=args.root, top_k=args.top_k, seeds=args.seeds)
         if args.dry_run:
             for job in jobs:
-                print(job.label, job.seed, " ".join(job.config_args))
+                print(job.label, job.seed, " ".join(job.experiment.cli_args()))
             return 0
         table = run_jobs(
             study.study_name, jobs, root=args.root, max_steps=args.max_steps, extra=tuple(extra), workers=args.workers
