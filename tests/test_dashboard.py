@@ -12,7 +12,7 @@ import optuna
 import pytest
 import requests
 from conftest import ROOT
-from web_helpers import free_port, rendered_dom, screenshot, wait_until_up
+from web_helpers import chromium, free_port, rendered_dom, screenshot, wait_until_up
 
 
 @pytest.fixture
@@ -30,6 +30,7 @@ def study_storage(tmp_path: Path) -> str:
 
 
 def test_make_dashboard_lists_the_trials_of_a_study(study_storage, tmp_path):
+    chromium()  # before the server starts: skips (or fails, in CI) without a browser
     port = free_port()
     # The target as users run it, with this interpreter's environment (-o install: never reinstall it from a test)
     command = ["make", "--no-print-directory", "-o", "install", "dashboard", f"VENV={sys.prefix}",

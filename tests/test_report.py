@@ -6,7 +6,6 @@ import base64
 import json
 import math
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ import pytest
 import yaml
 from analysis_helpers import LEGAL_KINDS, ROOT, legal_study, make_study
 from sweep_helpers import parent_of, processes_naming
+from web_helpers import chromium
 
 from lit_tuning.analysis.confirm import Job, freeze, run_jobs
 from lit_tuning.analysis.report import ReportError, build_report, main
@@ -26,7 +26,6 @@ from lit_tuning.experiment.search_space import load_search_space
 from lit_tuning.paths import BASE_CONFIG, study_slug
 
 HOSTILE = "<script>alert(1)</script>"
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ARTIFACTS = ROOT / "tests" / "artifacts"
 # Appended to a copy of the report only: records, after load, which images decoded and what text is visible.
 PROBE = """<script>
@@ -141,12 +140,11 @@ def test_compare_report_lists_each_study(report: dict, tmp_path: Path) -> None:
     assert rows["second"][1:8] == ["minimize", "3", "3", "0", "0", "0.7000", "1"]  # the lowest value is the best
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="needs Chromium: apt-get install chromium")
 def test_report_renders_in_chromium(report: dict, tmp_path: Path) -> None:
     probed = tmp_path / "probed.html"
     probed.write_text(report["html"].replace("</body>", PROBE + "</body>"))
     command = [
-        CHROMIUM,
+        chromium(),
         "--headless",
         "--no-sandbox",
         "--disable-gpu",

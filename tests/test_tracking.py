@@ -15,7 +15,7 @@ import requests
 from conftest import ROOT, micro_args, run_cli
 from mlflow import MlflowClient
 from sweep_helpers import run_sweep, sqlite_url, write_space
-from web_helpers import mlflow_server, rendered_dom, screenshot
+from web_helpers import chromium, mlflow_server, rendered_dom, screenshot
 
 from lit_tuning.tracking import TrackingSettings, WandbTracker
 from lit_tuning.tracking.cli import main as tracking_main
@@ -187,6 +187,7 @@ def test_the_server_serves_every_run_over_rest(tracked, tracked_server):
 
 
 def test_the_mlflow_ui_lists_the_runs_in_a_real_browser(tracked, tracked_server, tmp_path):
+    chromium()  # skips (or fails, in CI) without a browser
     page = f"{tracked_server}/#/experiments/{tracked['records']['done']['mlflow']['experiment_id']}/runs"
     dom = rendered_dom(page, tmp_path / "dom")
     assert "Training runs" in dom
