@@ -54,7 +54,7 @@ test: install ## Everyday test suite (offline; ~500 tests, ~8 min on 2 cores)
 test-slow: install ## Heavier end-to-end tests (the default config, the real base model)
 	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
 
-test-all: install ## Both suites, the slow end-to-end tests too: what CI runs (~45 min on 2 cores)
+test-all: install ## Both suites, the slow end-to-end tests too: what CI runs (~50 min on 2 cores)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: install ## ruff check and format check
