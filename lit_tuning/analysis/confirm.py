@@ -144,26 +144,24 @@ def freeze(jobs: list[Job], folder: Path, table: Path) -> dict[str, Path]:
     runs. A later confirm that finds a config composing to other values than its frozen file refuses: the seeds in
     confirm.csv would mix two configs. Every config is checked before any file is written.
     """
-    resolved = {}
+    resolved, files, paths = {}, {}, {}
     for job in jobs:
         try:
             resolved[job.label] = compose(job.experiment)
         except ConfigError as error:
             raise ReportError(f"config {job.label!r} is refused before any run: {error}") from None
-    experiments = {job.label: job.experiment for job in jobs}
-    for label, config in resolved.items():
-        if (folder / f"{label}.yaml").is_file():
-            changes = config_changes(compose(Experiment((str(folder / f"{label}.yaml"),))).namespace, config.namespace)
-            if changes:
-                raise ReportError(
-                    f"config {label!r} composes to other values than when confirm began ({'; '.join(changes)}), so "
-                    f"its seeds in {table} would mix two configs; allowed: restore "
-                    f"{' + '.join(experiments[label].files)}, or start over by removing {table} and "
-                    f"{folder / f'{label}.yaml'}"
-                )
+        files[job.label], paths[job.label] = job.experiment.files, folder / f"{job.label}.yaml"
+    frozen = {label: path for label, path in paths.items() if path.is_file()}
+    for label, path in frozen.items():
+        changes = config_changes(compose(Experiment((str(path),))).namespace, resolved[label].namespace)
+        if changes:
+            raise ReportError(
+                f"config {label!r} composes to other values than when confirm began ({'; '.join(changes)}), so its "
+                f"seeds in {table} would mix two configs; allowed: restore {' + '.join(files[label])}, or start over "
+                f"by removing {table} and {path}"
+            )
     return {
-        label: (path if (path := folder / f"{label}.yaml").is_file() else save_config(config, path)).resolve()
-        for label, config in resolved.items()
+        label: (frozen.get(label) or save_config(config, paths[label])).resolve() for label, config in resolved.items()
     }
 
 
