@@ -117,7 +117,7 @@ def table_frame(table: CurveTable) -> pd.DataFrame:
         for seed, curve in enumerate(runs, start=42):
             for step, tokens, value in zip(curve.steps, curve.tokens, curve.values, strict=True):
                 values = dict(zip(AXES, config, strict=True))
-                rows.append({"study": "bench_core", "trial": 0, **values, "data.batch_size": 64,
+                rows.append({"study": "bench_core", "trial": 0, "base_model": "tiny-a", **values, "data.batch_size": 64,
                              "trainer.max_steps": 1000, SEED_KEY: seed, "step": step, "tokens": tokens,
                              "value": value})  # fmt: skip
     return pd.DataFrame(rows)
@@ -179,13 +179,29 @@ def test_export_reads_completed_trials_of_the_recorded_stages(tmp_path):
             },
             value=0.5,
             intermediate_values={100: 0.2, 200: 0.5},
-            user_attrs={"steps": 200, "tokens": 4000},
+            user_attrs={"steps": 200, "tokens": 4000, "base_model": "tiny-0123456789ab"},
         )
     )
+    study.add_trial(optuna.trial.create_trial(value=0.4, intermediate_values={100: 0.4}))  # before builds were recorded
     frame = export_table(STAGES[:1], storage=storage)
-    assert list(frame.step) == [100, 200] and list(frame.tokens) == [2000, 4000] and list(frame.value) == [0.2, 0.5]
+    assert list(frame.step) == [100, 200, 100] and list(frame.value) == [0.2, 0.5, 0.4]
+    assert list(frame.tokens[:2]) == [2000, 4000]
+    assert list(frame.base_model) == ["tiny-0123456789ab"] * 2 + ["unrecorded"]
     first = frame.iloc[0]
     assert first["model.lora_r"] == 8 and first["data.batch_size"] == 64 and first[SEED_KEY] == 42
+
+
+def test_a_reading_that_mixes_base_model_builds_is_refused_in_one_line(tmp_path, capsys):
+    frame = table_frame(synthetic())
+    frame.loc[frame["model.learning_rate"] == 0.001, "base_model"] = "tiny-b"  # one axis value rerun on a new build
+    path = tmp_path / "table.csv"
+    frame.to_csv(path, index=False)
+    assert search.main([f"--table={path}", "--seeds=1", f"--out={tmp_path}"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and str(path) in error and "tiny-a" in error and "tiny-b" in error
+    assert not (tmp_path / "replay_summary.csv").exists()
+    frame.assign(base_model="tiny-b").to_csv(path, index=False)  # one build, whichever: read
+    assert search.main([f"--table={path}", "--seeds=1", f"--out={tmp_path}", "--strategies", "[grid+none]"]) == 0
 
 
 def test_export_keeps_the_rows_of_stages_recorded_in_another_storage(tmp_path):
@@ -193,8 +209,8 @@ def test_export_keeps_the_rows_of_stages_recorded_in_another_storage(tmp_path):
     optuna.create_study(study_name="bench_core", storage=storage, direction="maximize")  # recorded here, no trial yet
     before = pd.DataFrame(
         [
-            {"study": study, "trial": 0, **dict.fromkeys(CONFIG_KEYS, 1), SEED_KEY: 42, "step": 100, "tokens": 9,
-             "value": value}
+            {"study": study, "trial": 0, "base_model": "tiny-a", **dict.fromkeys(CONFIG_KEYS, 1), SEED_KEY: 42,
+             "step": 100, "tokens": 9, "value": value}
             for study, value in (("bench_core", 0.1), ("bench_seeds_base", 0.2), ("elsewhere", 0.3))
         ]
     )  # fmt: skip
@@ -270,9 +286,10 @@ def batch_stage_frame(best_batch: dict[float, int]) -> pd.DataFrame:
         final = 0.5 + 0.1 * (batch == best_batch[lr])
         for step in STEPS:
             study = "bench_batch_64" if batch == 64 else "bench_batch"
-            rows.append({"study": study, "trial": 0, "model.learning_rate": lr, "model.lora_r": 64,
-                         "model.lora_alpha": 128, "data.batch_size": batch, "trainer.max_steps": 2000, SEED_KEY: 42,
-                         "step": step, "tokens": batch * step, "value": final * step / STEPS[-1]})  # fmt: skip
+            rows.append({"study": study, "trial": 0, "base_model": "tiny-a", "model.learning_rate": lr,
+                         "model.lora_r": 64, "model.lora_alpha": 128, "data.batch_size": batch,
+                         "trainer.max_steps": 2000, SEED_KEY: 42, "step": step, "tokens": batch * step,
+                         "value": final * step / STEPS[-1]})  # fmt: skip
     return pd.DataFrame(rows)
 
 

@@ -35,6 +35,7 @@ from sweep_helpers import (
 
 from lit_tuning.tracking.mlflow_tracker import STUDY_PARENT_TAG
 from lit_tuning.tracking.verify import check_run, find_runs
+from lit_tuning.train.base_model import RECIPES
 
 STUDY = "e2e"
 N_TRIALS = 4
@@ -69,6 +70,7 @@ def test_study_runs_its_budget_prunes_and_shows_progress(finished):
     for trial in study.trials:
         assert trial.user_attrs["steps"] == (40 if trial.state.name == "COMPLETE" else max(trial.intermediate_values))
         assert trial.user_attrs["tokens"] > 0 and trial.user_attrs["trainable_params"] > 0
+        assert trial.user_attrs["base_model"] == f"micro-{RECIPES['micro'].fingerprint()}"  # the build it trained
         assert sorted(trial.intermediate_values)[0] == 10  # reported by global step, not by epoch
         if trial.state.name == "PRUNED":
             assert trial.user_attrs["steps"] < 40 and "pruned at step" in trial.user_attrs["reason"]

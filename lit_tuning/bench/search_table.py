@@ -27,7 +27,10 @@ RECORD_STORAGE = f"sqlite:///{(RECORD_ROOT / 'optuna.db').as_posix()}"
 # What identifies a config in the table (besides the seed); each is a `fit` key, read from the trial's full config.
 CONFIG_KEYS = ("model.learning_rate", "model.lora_r", "model.lora_alpha", "data.batch_size", "trainer.max_steps")
 SEED_KEY = "seed_everything"
-TABLE_COLUMNS = ("study", "trial", *CONFIG_KEYS, SEED_KEY, "step", "tokens", "value")  # one row per validation
+# One row per validation; `base_model` names the weights the run trained (an embedded model's build hash), because a
+# run's value moves with the build: rows of two builds are never compared in one reading.
+TABLE_COLUMNS = ("study", "trial", "base_model", *CONFIG_KEYS, SEED_KEY, "step", "tokens", "value")
+UNRECORDED = "unrecorded"  # a trial run before the sweep recorded its base model
 # Which stages' runs each reader takes: the replay's full grid (stages 1-3, batch 64), and the batch slice (stages 4-5:
 # lr x batch on one shape, recorded together: a run's value moves with the machine, so compare within one recording).
 CORE_STUDIES = ("bench_core", "bench_seeds_base", "bench_seeds_long")
@@ -49,11 +52,12 @@ def stage_rows(space: SearchSpace, study: optuna.Study) -> list[dict]:
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
         values = {key: trial.params.get(key, space.resolved_base[key]) for key in (*CONFIG_KEYS, SEED_KEY)}
         steps, tokens = trial.user_attrs.get("steps"), trial.user_attrs.get("tokens")
+        build = trial.user_attrs.get("base_model", UNRECORDED)
         for step, value in sorted(trial.intermediate_values.items()):
             # Tokens are recorded per trial; batches are drawn uniformly, so a point's share is its share of steps.
             point_tokens = round(tokens * step / steps) if steps and tokens else None
-            rows.append({"study": study.study_name, "trial": trial.number, **values, "step": step,
-                         "tokens": point_tokens, "value": value})  # fmt: skip
+            rows.append({"study": study.study_name, "trial": trial.number, "base_model": build, **values,
+                         "step": step, "tokens": point_tokens, "value": value})  # fmt: skip
     return rows
 
 
@@ -91,6 +95,11 @@ def load_table(path: Path, where: list[str], studies: tuple[str, ...] = CORE_STU
     """Read the recorded table, keep the rows of `studies` matching every key=value of `where`, build the grid."""
     frame = read_table_rows(path)
     frame = frame[frame.study.isin(studies)]
+    builds = frame.groupby("base_model").study.unique()
+    if len(builds) > 1:
+        found = "; ".join(f"{build} ({', '.join(names)})" for build, names in builds.items())
+        raise ValueError(f"studies {list(studies)} were recorded on {len(builds)} base models: {found}; allowed: one "
+                         "base model, so re-record them together (make bench-search-record --stages ...)")  # fmt: skip
     for condition in where:
         key, _, text = condition.partition("=")
         if key not in CONFIG_KEYS or not text:

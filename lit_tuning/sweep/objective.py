@@ -26,6 +26,7 @@ from lit_tuning.paths import study_slug
 from lit_tuning.sweep.pruning import StepPruningCallback
 from lit_tuning.sweep.trial_record import INTERRUPTED, retry_history
 from lit_tuning.tracking.settings import TRACKING_RECORD
+from lit_tuning.train.base_model import model_identity
 from lit_tuning.train.cli import cli_main
 
 log = logging.getLogger("lit_tuning.sweep")
@@ -65,10 +66,14 @@ class TrialFacts(pl.Callback):
         self.module: pl.LightningModule | None = None
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        """Remember the trainer and module; record the tracker run ids now, so a killed attempt can be closed."""
+        """Remember the trainer and module; record the tracker run ids now, so a killed attempt can be closed, and
+        which base model weights the trial trains (an embedded model's build hash: results of two builds differ)."""
         self.trainer, self.module = trainer, pl_module
         for key, value in tracking_ids(self.run_dir).items():
             self.trial.set_user_attr(key, value)
+        reference = pl_module.hparams.get("model_name_or_path")
+        if reference is not None:
+            self.trial.set_user_attr("base_model", model_identity(reference))
 
     def facts(self) -> dict[str, Any]:
         """Return steps, tokens and parameter counts recorded so far."""

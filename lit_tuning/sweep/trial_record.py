@@ -37,6 +37,7 @@ TRIAL_ATTRS = {
     "resumed_from_step": "Int64",
     "is_base_config": "boolean",  # the untuned base config, enqueued as the study's first trial
     "resume_note": "string",  # why a retry did not resume from its predecessor's checkpoint (e.g. truncated)
+    "base_model": "string",  # the weights trained: an embedded model's build (tiny-<hash>), or the model reference
 }
 # A finished trial cannot be annotated after the fact: a FAIL with no recorded reason is one whose worker
 # stopped beating (every failure the worker sees itself is recorded with its reason).

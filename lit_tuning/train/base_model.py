@@ -125,10 +125,23 @@ def resolve_model_path(name_or_path: str) -> str:
     return str(ensure_built(name, RECIPES[name]))
 
 
+def model_identity(name_or_path: str) -> str:
+    """Name the weights a reference loads: an embedded model's cache entry (recipe and build hash), else itself."""
+    name = name_or_path[len(EMBEDDED_PREFIX) :]
+    if is_embedded(name_or_path) and name in RECIPES:
+        return cache_entry(name, RECIPES[name])
+    return name_or_path
+
+
+def cache_entry(name: str, recipe: BaseModelRecipe) -> str:
+    """Return the cache directory name of an embedded model: one per recipe and build code version."""
+    return f"{name}-{recipe.fingerprint()}"
+
+
 def ensure_built(name: str, recipe: BaseModelRecipe, root: Path | None = None) -> Path:
     """Return the cached directory of an embedded model, building it once (safe across processes)."""
     root = root or cache_root()
-    target = root / "base_models" / f"{name}-{recipe.fingerprint()}"
+    target = root / "base_models" / cache_entry(name, recipe)
     if (target / "recipe.json").is_file():
         return target
     root.mkdir(parents=True, exist_ok=True)
