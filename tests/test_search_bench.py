@@ -133,6 +133,21 @@ def test_table_round_trips_through_its_csv_rows_and_refuses_a_partial_grid():
         from_frame(partial, CONFIG_KEYS)
 
 
+def test_a_seeded_replay_repeats_itself_with_every_pruner():
+    for name in ("random+hyperband", "tpe+sha", "qmc+median"):
+        strategy = next(s for s in search.strategies() if s.name == name)
+        first, second = (Replay(synthetic(), strategy, seed=3).run(8000) for _ in range(2))
+        assert len(first) > 3 and first == second, name
+
+
+def test_replays_in_several_processes_give_the_rows_of_one():
+    chosen = [s for s in search.strategies() if s.name in ("oat", "tpe+median", "cmaes+none", "random+hyperband")]
+    one = search.replay_all(synthetic(), chosen, seeds=2, budget_steps=6000, workers=1)
+    several = search.replay_all(synthetic(), chosen, seeds=2, budget_steps=6000, workers=2)
+    assert len(one) > 8 * 3 and list(one.strategy.unique()) == [s.name for s in chosen]
+    pd.testing.assert_frame_equal(one, several)
+
+
 def test_benchmark_command_writes_the_figure_of_merit(tmp_path, capsys):
     path = tmp_path / "table.csv"
     table_frame(synthetic()).to_csv(path, index=False)

@@ -81,6 +81,7 @@ class Replay:
         self.table, self.strategy, self.seed = table, strategy, seed
         self.rng = random.Random(seed)  # which recorded seed a run of a multi-seed config gets
         self.study = optuna.create_study(
+            study_name=f"replay-{strategy.name}-{seed}",  # Hyperband assigns brackets by a hash of the study name
             direction=table.direction,
             sampler=make_sampler(strategy.sampler, table, seed),
             pruner=make_pruner(strategy.pruner, table),

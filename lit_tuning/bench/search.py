@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import concurrent.futures
+import functools
 import math
+import multiprocessing as mp
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -44,15 +48,35 @@ def strategies() -> list[Strategy]:
     return chosen
 
 
-def replay_all(table: CurveTable, chosen: list[Strategy], seeds: int, budget_steps: int) -> pd.DataFrame:
-    """Replay each strategy with seeds 0..seeds-1; one row per finished trial (compute so far, incumbent's value)."""
+def replay_all(
+    table: CurveTable, chosen: list[Strategy], seeds: int, budget_steps: int, workers: int = 1
+) -> pd.DataFrame:
+    """Replay each strategy with seeds 0..seeds-1; one row per finished trial (compute so far, incumbent's value).
+
+    With `workers` > 1 the strategies run in that many processes; every replay is seeded, so the rows are the same.
+    """
+    replay = functools.partial(replay_strategy, table, seeds=seeds, budget_steps=budget_steps)
+    if workers == 1:
+        parts = map(replay, chosen)
+    else:
+        pool = concurrent.futures.ProcessPoolExecutor(min(workers, len(chosen)), mp_context=mp.get_context("spawn"))
+        with pool:
+            parts = list(pool.map(replay, chosen))  # in the order of `chosen`, whichever process finished first
     rows = []
-    for strategy in chosen:
-        for seed in range(seeds):
-            for event in Replay(table, strategy, seed).run(budget_steps):
-                rows.append({"strategy": strategy.name, "seed": seed, **_event_row(event)})
+    for strategy, part in zip(chosen, parts, strict=True):
+        rows += part
         print(f"replayed {strategy.name} x {seeds} seeds", file=sys.stderr)
     return pd.DataFrame(rows)
+
+
+def replay_strategy(table: CurveTable, strategy: Strategy, *, seeds: int, budget_steps: int) -> list[dict]:
+    """One strategy's rows over replay seeds 0..seeds-1."""
+    warnings.filterwarnings("ignore", category=UserWarning, module="optuna")  # experimental-sampler notices
+    return [
+        {"strategy": strategy.name, "seed": seed, **_event_row(event)}
+        for seed in range(seeds)
+        for event in Replay(table, strategy, seed).run(budget_steps)
+    ]
 
 
 def _event_row(event: Event) -> dict:
@@ -134,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     """Replay every strategy on the table; write the summary, the curves and their figure beside the table."""
     parser = table_parser("python -m lit_tuning.bench.search", __doc__)
     parser.add_argument("--seeds", type=Count, default=30, help="replay seeds per strategy (default 30)")
+    cores = len(os.sched_getaffinity(0))
+    parser.add_argument("--workers", type=Count, default=cores, help=f"replay processes (default: the {cores} cores)")
     parser.add_argument(
         "--strategies", type=list[str] | str | None, default=None, help="names to replay, as [a,b] (default: all)"
     )
@@ -147,9 +173,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"--strategies {unknown}: unknown; allowed: {', '.join(known)}", file=sys.stderr)
         return 2
     chosen = [s for s in strategies() if not args.strategies or s.name in listed(args.strategies)]
-    warnings.filterwarnings("ignore", category=UserWarning, module="optuna")  # experimental-sampler notices
     budget = table.full_steps()
-    events = replay_all(table, chosen, args.seeds, budget)
+    events = replay_all(table, chosen, args.seeds, budget, args.workers)
     table_summary = summary(compute_to_target(events, table))
     curves = best_so_far(events, budget)
     atomic_write(args.out / "replay_summary.csv", table_summary.to_csv(index=False))
