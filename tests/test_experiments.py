@@ -178,7 +178,7 @@ def test_oat_exports_as_the_full_grid_with_a_note():
 
 def test_sampler_sweep_distributions_and_hyperband(tmp_path: Path):
     config, notes = sweep_config(load_search_space(SPACES / "default.yaml"))
-    assert config["method"] == "bayes" and config["run_cap"] == 12
+    assert config["method"] == "random" and config["run_cap"] == 12  # W&B has no quasi-random method
     assert config["metric"] == {"name": "val/letter_position_accuracy", "goal": "maximize"}
     assert config["parameters"]["model.learning_rate"] == {
         "distribution": "log_uniform_values",
@@ -189,7 +189,8 @@ def test_sampler_sweep_distributions_and_hyperband(tmp_path: Path):
     assert config["parameters"]["model.lora_r"] == {"values": list(range(16, 65))}  # no integer log distribution
     assert config["parameters"]["trainer.max_steps"] == {"values": [1000, 2000]}
     assert "early_terminate" not in config  # the default study prunes nothing
-    assert len(notes) == 2 and all("exported as its int values" in note for note in notes)
+    assert notes[0] == "W&B has no quasi-random sequence: the qmc study is exported as random search"
+    assert len(notes) == 3 and all("exported as its int values" in note for note in notes[1:])
     document = yaml.safe_load((SPACES / "default.yaml").read_text())
     # successive halving and hyperband from step 100 (the first validation, every 100 batches, no accumulation):
     # W&B's hyperband from its first logged value, W&B iteration 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
+import math
 from pathlib import Path
 from typing import Any
 
@@ -162,8 +163,29 @@ def test_suggest_drives_a_real_optuna_study():
         assert trial_config(space, overrides)["model.lora_r"] == overrides["model.lora_r"]
         study.tell(trial, overrides["model.learning_rate"])
     assert set(study.best_trial.distributions) == set(distributions(space)) == set(space.parameters)
-    assert isinstance(make_sampler(space), optuna.samplers.CmaEsSampler)
+    assert isinstance(make_sampler(space), optuna.samplers.QMCSampler)
     assert isinstance(make_pruner(space), optuna.pruners.NopPruner)
+
+
+def qmc_learning_rates(seed: int, trials: int = 9) -> list[float]:
+    """The learning rates a default-space qmc study draws, told in order (the first, before any result, is random)."""
+    space = dataclasses.replace(load_search_space(SPACES / "default.yaml"), strategy="qmc", seed=seed)
+    study = optuna.create_study(direction=space.direction, sampler=make_sampler(space))
+    rates = []
+    for _ in range(trials):
+        trial = study.ask()
+        rates.append(suggest(trial, space)["model.learning_rate"])
+        study.tell(trial, 0.5)
+    return rates
+
+
+def test_qmc_strategy_fills_the_range_and_repeats_with_its_seed():
+    rates = qmc_learning_rates(seed=0)
+    assert rates == qmc_learning_rates(seed=0) and rates != qmc_learning_rates(seed=1)
+    # after the first trial, 8 Sobol points fall one in each eighth of the log range (8 random draws: p = 0.002)
+    low, high = math.log(5e-4), math.log(2e-3)
+    eighths = sorted(int(8 * (math.log(rate) - low) / (high - low)) for rate in rates[1:])
+    assert eighths == list(range(8))
 
 
 def test_log_sampling_is_uniform_in_the_exponent():
@@ -285,7 +307,7 @@ BAD_INPUTS: list[tuple[str, Any, list[str]]] = [
      "strategy: tpe\nn_trials: 2\nparameters:\n  model.lora_r: {candidates: [4]}\n  model.lora_r: {candidates: [8]}\n",
      ["duplicate key 'model.lora_r' at line 5", "allowed: each key once"]),
     ("unknown strategy", lambda d: d.update({"strategy": "bayesian"}),
-     ["strategy = 'bayesian' is unknown", "allowed: grid, oat, random, tpe, gp, cmaes"]),
+     ["strategy = 'bayesian' is unknown", "allowed: grid, oat, random, tpe, gp, qmc, cmaes"]),
     ("unknown metric", lambda d: d.update({"objective": {"metric": "val/acc"}}),
      ["objective.metric = 'val/acc' is not a registered metric", "allowed", "val/letter_position_accuracy"]),
     ("test metric as objective", lambda d: d.update({"objective": {"metric": "test/loss"}}),

@@ -29,7 +29,7 @@ from lit_tuning.mappings import plain
 from lit_tuning.paths import BASE_CONFIG
 from lit_tuning.train.metrics import get_metric, objective_metrics
 
-STRATEGIES = ("grid", "oat", "random", "tpe", "gp", "cmaes")
+STRATEGIES = ("grid", "oat", "random", "tpe", "gp", "qmc", "cmaes")
 ENUMERATED = ("grid", "oat")  # strategies that run every point of a finite design, in a known order
 PRUNERS: dict[str, type[optuna.pruners.BasePruner]] = {
     "none": optuna.pruners.NopPruner,

@@ -22,7 +22,9 @@ from lit_tuning.experiment.search_space import (
 from lit_tuning.experiment.strategies import sample_trial
 from lit_tuning.mappings import plain
 
-METHODS = {"grid": "grid", "oat": "grid", "random": "random", "tpe": "bayes", "gp": "bayes", "cmaes": "bayes"}
+METHODS = {
+    "grid": "grid", "oat": "grid", "random": "random", "tpe": "bayes", "gp": "bayes", "qmc": "random", "cmaes": "bayes",
+}  # fmt: skip
 # Each trial logs through lit_tuning's own trackers with W&B online; under `wandb agent` it joins the sweep's run.
 WANDB_ONLINE = "--tracking.wandb_mode=online"
 CREATE_TIMEOUT_S = 60
@@ -40,6 +42,8 @@ def sweep_config(space: SearchSpace) -> tuple[dict[str, Any], list[str]]:
     if space.strategy == "oat":
         count = math.prod(len(parameter.points()) for parameter in space.parameters.values())
         notes.append(f"W&B has no one-at-a-time method: the oat design is exported as the full grid ({count} runs)")
+    if space.strategy == "qmc":
+        notes.append("W&B has no quasi-random sequence: the qmc study is exported as random search")
     parameters = {key: _parameter(key, parameter, method, notes) for key, parameter in space.parameters.items()}
     config: dict[str, Any] = {
         "name": space.name,
