@@ -92,13 +92,13 @@ CHAOS_ARGS ?=
 chaos: install ## SIGKILL a micro study's workers and driver 20 times, re-run it, check nothing was lost (results/tuning/bench/chaos.json)
 	$(BIN)/python -m lit_tuning.bench.chaos --kills 20 $(CHAOS_ARGS)
 
-bench-search: install ## Replay search strategies on benchmarks/search/table.csv (compute to the best) and check the report's claims
+bench-search: install ## Replay search strategies on benchmarks/search/table.csv (compute to the best), one process per core, and check the report's claims
 	$(BIN)/python -m lit_tuning.bench.search $(ARGS)
 	$(BIN)/python -m lit_tuning.bench.claims
 
 # At the lowest priority, so the recording can run beside other work (steps, not seconds, are what it records);
 # one 1-thread worker by default, ARGS="--workers 2" on a quiet 2-core machine; re-run to resume.
-bench-search-record: install ## Record (or resume) the benchmark table through the real sweep (5 stages, 37 runs)
+bench-search-record: install ## Record (or resume) the benchmark table through the real sweep (6 stages, 39 runs)
 	nice -n 19 $(BIN)/python -m lit_tuning.bench.search_table $(ARGS)
 
 bench-hardware: install ## fit vs bare lean loop, cold vs warm trials (SmolLM2-135M-shaped), CPU worker plans [ARGS=--quick]

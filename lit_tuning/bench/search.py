@@ -30,6 +30,8 @@ FIGURE_STRATEGIES = (
     "random+none",
     "tpe+none",
     "gp+none",
+    "qmc+none",
+    "cmaes+none",
     "tpe+sha",
     f"brief{BRIEF_STEPS}-top{TOP_K}",
 )
