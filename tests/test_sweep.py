@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -59,9 +60,10 @@ def load(root: Path, name: str = STUDY) -> optuna.Study:
     return optuna.load_study(study_name=name, storage=sqlite_url(root))
 
 
-def test_study_runs_its_budget_prunes_and_shows_progress(finished):
+def test_study_runs_its_budget_prunes_and_shows_progress(finished, micro_model_dir):
     root, _, result = finished
     study = load(root)
+    weights = hashlib.sha256((micro_model_dir / "model.safetensors").read_bytes()).hexdigest()[:12]
     assert len(study.trials) == N_TRIALS
     assert set(states(study)) <= {"COMPLETE", "PRUNED"} and "PRUNED" in states(study), states(study)
     first = study.trials[0]
@@ -70,7 +72,7 @@ def test_study_runs_its_budget_prunes_and_shows_progress(finished):
     for trial in study.trials:
         assert trial.user_attrs["steps"] == (40 if trial.state.name == "COMPLETE" else max(trial.intermediate_values))
         assert trial.user_attrs["tokens"] > 0 and trial.user_attrs["trainable_params"] > 0
-        assert trial.user_attrs["base_model"] == f"micro-{RECIPES['micro'].fingerprint()}"  # the build it trained
+        assert trial.user_attrs["base_model"] == f"micro-{RECIPES['micro'].fingerprint()}@{weights}"  # what it trained
         assert sorted(trial.intermediate_values)[0] == 10  # reported by global step, not by epoch
         if trial.state.name == "PRUNED":
             assert trial.user_attrs["steps"] < 40 and "pruned at step" in trial.user_attrs["reason"]

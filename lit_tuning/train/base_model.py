@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -126,11 +127,20 @@ def resolve_model_path(name_or_path: str) -> str:
 
 
 def model_identity(name_or_path: str) -> str:
-    """Name the weights a reference loads: an embedded model's cache entry (recipe and build hash), else itself."""
+    """Name the weights a reference loads: an embedded model's cache entry (recipe and build code) and, once built, a
+    digest of its weights (`tiny-<recipe hash>@<weights hash>`: whether two CPUs build the same weights is not
+    assumed); else the reference itself."""
     name = name_or_path[len(EMBEDDED_PREFIX) :]
-    if is_embedded(name_or_path) and name in RECIPES:
-        return cache_entry(name, RECIPES[name])
-    return name_or_path
+    if not (is_embedded(name_or_path) and name in RECIPES):
+        return name_or_path
+    entry = cache_entry(name, RECIPES[name])
+    weights = cache_root() / "base_models" / entry / "model.safetensors"
+    return f"{entry}@{_digest(weights)}" if weights.is_file() else entry
+
+
+@functools.cache
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
 
 
 def cache_entry(name: str, recipe: BaseModelRecipe) -> str:
