@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 import random
-import warnings
 from collections.abc import Callable
 
 import optuna
 
 from lit_tuning.bench.curves import Config, Curve, CurveTable
+from lit_tuning.experiment import strategies as sweep_strategies
 
 SAMPLERS = ("oat", "grid", "random", "tpe", "gp", "qmc", "cmaes")
 PRUNERS = ("none", "median", "sha", "hyperband")
@@ -65,7 +65,7 @@ def make_sampler(name: str, table: CurveTable, seed: int) -> optuna.samplers.Bas
         "random": lambda: optuna.samplers.RandomSampler(seed=seed),
         "tpe": lambda: optuna.samplers.TPESampler(seed=seed),
         "gp": lambda: optuna.samplers.GPSampler(seed=seed),
-        "qmc": lambda: _experimental(optuna.samplers.QMCSampler, seed=seed, scramble=True),
+        "qmc": lambda: sweep_strategies.SAMPLERS["qmc"](seed=seed),  # the sweep's own: what ships is replayed
         "cmaes": lambda: optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False),
     }
     if name not in samplers:
@@ -197,12 +197,6 @@ class Replay:
             incumbent = max(self.observed.values(), key=lambda item: sign * item[0])[1]
         value = self.table.final(incumbent) if incumbent is not None else None
         self.events.append(Event(number, self.steps, self.tokens, incumbent, value))
-
-
-def _experimental(sampler: type[optuna.samplers.BaseSampler], **options: object) -> optuna.samplers.BaseSampler:
-    with warnings.catch_warnings():  # Optuna marks QMCSampler experimental; the replay uses it knowingly
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return sampler(**options)
 
 
 def _first_step(table: CurveTable) -> int:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
 import json
 import logging
@@ -133,25 +132,22 @@ def model_identity(name_or_path: str) -> str:
     name = name_or_path[len(EMBEDDED_PREFIX) :]
     if not (is_embedded(name_or_path) and name in RECIPES):
         return name_or_path
-    entry = cache_entry(name, RECIPES[name])
-    weights = cache_root() / "base_models" / entry / "model.safetensors"
-    return f"{entry}@{_digest(weights)}" if weights.is_file() else entry
+    directory = cache_dir(name, RECIPES[name])
+    weights = directory / "model.safetensors"
+    # Read per call, not cached: a rebuilt cache entry keeps its path but not necessarily its weights.
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:12] if weights.is_file() else None
+    return f"{directory.name}@{digest}" if digest else directory.name
 
 
-@functools.cache
-def _digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
-
-
-def cache_entry(name: str, recipe: BaseModelRecipe) -> str:
-    """Return the cache directory name of an embedded model: one per recipe and build code version."""
-    return f"{name}-{recipe.fingerprint()}"
+def cache_dir(name: str, recipe: BaseModelRecipe, root: Path | None = None) -> Path:
+    """Return the cache directory of an embedded model: one per recipe and build code version."""
+    return (root or cache_root()) / "base_models" / f"{name}-{recipe.fingerprint()}"
 
 
 def ensure_built(name: str, recipe: BaseModelRecipe, root: Path | None = None) -> Path:
     """Return the cached directory of an embedded model, building it once (safe across processes)."""
     root = root or cache_root()
-    target = root / "base_models" / cache_entry(name, recipe)
+    target = cache_dir(name, recipe, root)
     if (target / "recipe.json").is_file():
         return target
     root.mkdir(parents=True, exist_ok=True)
